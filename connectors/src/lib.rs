@@ -1,0 +1,3 @@
+//! nzela-connectors: one module per protocol. Each connector is a config
+//! struct (documented fields, unknown fields refused) and the runtime object
+//! it builds.
