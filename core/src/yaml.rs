@@ -10,7 +10,7 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-use crate::value::{Map, Number, Value};
+use crate::value::{Map, Number, Str, Value};
 
 /// Most nodes a document may expand to, aliases included: an alias to a
 /// large anchor is a copy, and copies of copies grow exponentially.
@@ -123,7 +123,7 @@ impl Node {
         match &self.kind {
             Kind::Scalar { text, plain } => {
                 if !plain {
-                    return Value::String(text.clone());
+                    return Value::String(Str::from(text.as_str()));
                 }
                 if self.is_null() {
                     return Value::Null;
@@ -132,7 +132,7 @@ impl Node {
                     "true" | "True" | "TRUE" => Value::Bool(true),
                     "false" | "False" | "FALSE" => Value::Bool(false),
                     t => {
-                        Number::parse(t).map_or_else(|| Value::String(t.to_owned()), Value::Number)
+                        Number::parse(t).map_or_else(|| Value::String(Str::from(t)), Value::Number)
                     }
                 }
             }

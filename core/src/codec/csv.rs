@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use super::charset::{self, Charset};
 use super::{DecodeError, EncodeError, Format, Limits, Position, line_column};
-use crate::value::{Map, Value};
+use crate::value::{Map, Str, Value};
 
 /// Options of the CSV codec.
 #[derive(Clone, Debug, PartialEq)]
@@ -118,7 +118,7 @@ pub fn decode(input: &[u8], options: &CsvOptions, limits: &Limits) -> Result<Val
         }
         let mut map = Map::with_capacity(names.len());
         for (name, field) in names.iter().zip(row.iter()) {
-            map.push_unchecked(name.clone(), Value::String(field.to_owned()));
+            map.push_unchecked(Str::from(name.as_str()), Value::String(Str::from(field)));
         }
         records.push(Value::Object(map));
     }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use super::charset;
 use super::{DecodeError, Format, Limits};
-use crate::value::{Map, Number, Value};
+use crate::value::{Map, Number, Str, Value};
 
 /// Options of the JSON codec.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -64,9 +64,9 @@ enum Frame {
     Object {
         map: Map,
         /// The key whose value is being parsed.
-        key: String,
+        key: Str,
         /// Every key so far, once the object is too large for a scan.
-        seen: Option<HashSet<String>>,
+        seen: Option<HashSet<Str>>,
     },
 }
 
@@ -109,7 +109,9 @@ impl Parser<'_> {
                     } else {
                         let key = self.member_key("a string key or '}'")?;
                         stack.push(Frame::Object {
-                            map: Map::new(),
+                            // Business objects have a handful of keys or
+                            // more: start with room for them.
+                            map: Map::with_capacity(8),
                             key,
                             seen: None,
                         });
@@ -210,7 +212,7 @@ impl Parser<'_> {
     }
 
     /// A member's key and the ':' after it; leaves `pos` at its value.
-    fn member_key(&mut self, what: &str) -> Result<String, DecodeError> {
+    fn member_key(&mut self, what: &str) -> Result<Str, DecodeError> {
         if self.peek() != Some(b'"') {
             return Err(self.expected(self.pos, what));
         }
@@ -225,7 +227,7 @@ impl Parser<'_> {
     }
 
     /// A string; `pos` is at its opening quote.
-    fn string(&mut self) -> Result<String, DecodeError> {
+    fn string(&mut self) -> Result<Str, DecodeError> {
         let open = self.pos;
         self.pos += 1;
         let start = self.pos;
@@ -233,7 +235,7 @@ impl Parser<'_> {
         let run = self.plain_run();
         if self.peek() == Some(b'"') {
             self.pos += 1;
-            return Ok(self.text[start..start + run].to_owned());
+            return Ok(Str::from(&self.text[start..start + run]));
         }
         let mut out = String::with_capacity(run + 16);
         out.push_str(&self.text[start..start + run]);
@@ -241,7 +243,7 @@ impl Parser<'_> {
             match self.peek() {
                 Some(b'"') => {
                     self.pos += 1;
-                    return Ok(out);
+                    return Ok(Str::from(out));
                 }
                 Some(b'\\') => self.escape(&mut out)?,
                 Some(c) if c < 0x20 => {
@@ -273,13 +275,23 @@ impl Parser<'_> {
     /// ends on a character boundary.
     fn plain_run(&mut self) -> usize {
         let from = self.pos;
-        while let Some(&b) = self.bytes.get(self.pos) {
+        let mut i = self.pos;
+        // Eight bytes at a time while none of them needs attention: strings
+        // are most of a business document.
+        while let Some(chunk) = self.bytes[i..].first_chunk::<8>() {
+            if needs_attention(u64::from_le_bytes(*chunk)) {
+                break;
+            }
+            i += 8;
+        }
+        while let Some(&b) = self.bytes.get(i) {
             if b == b'"' || b == b'\\' || b < 0x20 {
                 break;
             }
-            self.pos += 1;
+            i += 1;
         }
-        self.pos - from
+        self.pos = i;
+        i - from
     }
 
     /// An escape sequence; `pos` is at its backslash.
@@ -453,12 +465,25 @@ impl Parser<'_> {
     }
 }
 
-fn is_duplicate(map: &Map, seen: &mut Option<HashSet<String>>, key: &str) -> bool {
+/// Whether any of the eight bytes in `w` is a quote, a backslash or a
+/// control character (the classic "has a zero byte" bit trick, exact when
+/// used as a yes/no answer).
+fn needs_attention(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    (quote | backslash | control) != 0
+}
+
+fn is_duplicate(map: &Map, seen: &mut Option<HashSet<Str>>, key: &str) -> bool {
     if let Some(seen) = seen {
         return seen.contains(key);
     }
     if map.len() >= SCAN_LIMIT {
-        let set: HashSet<String> = map.keys().map(str::to_owned).collect();
+        let set: HashSet<Str> = map.keys().map(Str::from).collect();
         let duplicate = set.contains(key);
         *seen = Some(set);
         return duplicate;
@@ -982,7 +1007,7 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             number_strategy().prop_map(Value::Number),
-            text_strategy().prop_map(Value::String),
+            text_strategy().prop_map(Value::from),
         ];
         leaf.prop_recursive(6, 64, 8, |inner| {
             prop_oneof![

@@ -92,7 +92,7 @@ use quick_xml::reader::NsReader;
 
 use super::charset;
 use super::{DecodeError, EncodeError, Format, Limits};
-use crate::value::{Map, Value};
+use crate::value::{Map, Str, Value};
 
 /// Options of the XML codec.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,10 +160,10 @@ struct Frame<'i> {
     /// Offset of the `<` of the start tag.
     start: usize,
     /// Attributes and children so far, in document order.
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Str, Value)>,
     /// Positions in `entries` by key, kept once there are more than
     /// [`SCAN_LIMIT`] entries.
-    index: HashMap<String, usize>,
+    index: HashMap<Str, usize>,
     has_attributes: bool,
     has_children: bool,
     /// The text kept so far: every finished piece between child elements
@@ -204,7 +204,7 @@ impl<'i> Frame<'i> {
     }
 
     /// Appends an entry whose key is not in `entries` yet.
-    fn push_entry(&mut self, key: String, value: Value) {
+    fn push_entry(&mut self, key: Str, value: Value) {
         let n = self.entries.len();
         if n == SCAN_LIMIT {
             self.index.extend(
@@ -222,7 +222,7 @@ impl<'i> Frame<'i> {
 
     fn add_child(&mut self, key: Cow<'_, str>, value: Value) {
         let Some(i) = self.find(&key) else {
-            self.push_entry(key.into_owned(), value);
+            self.push_entry(Str::from(key.as_ref()), value);
             return;
         };
         // A single element is never a list, so a list here holds repetitions.
@@ -275,15 +275,15 @@ impl<'i> Frame<'i> {
         if !self.has_attributes && !self.has_children {
             // `pending` is only set while `text` is empty.
             if !self.pending.is_empty() {
-                return Value::String(mem::take(&mut self.pending).to_owned());
+                return Value::String(Str::from(mem::take(&mut self.pending)));
             }
-            return Value::String(mem::take(&mut self.text));
+            return Value::String(Str::from(self.text.as_str()));
         }
         self.end_piece();
         if !self.text.is_empty() {
             let at = self.text_at.unwrap_or(self.entries.len());
-            let text = Value::String(mem::take(&mut self.text));
-            self.entries.insert(at, (TEXT_KEY.to_owned(), text));
+            let text = Value::String(Str::from(self.text.as_str()));
+            self.entries.insert(at, (Str::const_new(TEXT_KEY), text));
         }
         let mut map = Map::with_capacity(self.entries.len());
         for (key, value) in self.entries.drain(..) {
@@ -303,7 +303,7 @@ struct Decoder<'i, 'o> {
     /// kept so that their buffers are reused by the next elements.
     frames: Vec<Frame<'i>>,
     depth: usize,
-    root: Option<(String, Value)>,
+    root: Option<(Str, Value)>,
     /// Offset where the event being handled starts.
     at: usize,
 }
@@ -411,7 +411,7 @@ impl<'i, 'o> Decoder<'i, 'o> {
                 ),
             )),
             ResolveResult::Bound(ns) => match self.prefix_of(ns.0) {
-                Some(prefix) if !prefix.is_empty() => Ok(Cow::Owned(concat(&[prefix, ":", local]))),
+                Some(prefix) if !prefix.is_empty() => Ok(Cow::Owned(format!("{prefix}:{local}"))),
                 _ => Ok(self.borrow_input(local)),
             },
             ResolveResult::Unbound => Ok(self.borrow_input(local)),
@@ -472,7 +472,7 @@ impl<'i, 'o> Decoder<'i, 'o> {
                     ),
                 ));
             }
-            frame.push_entry(key, Value::String(value));
+            frame.push_entry(key, Value::String(Str::from(value)));
             frame.has_attributes = true;
         }
         Ok(())
@@ -546,7 +546,7 @@ impl<'i, 'o> Decoder<'i, 'o> {
         let key = mem::take(&mut frame.key);
         match depth.checked_sub(1) {
             Some(parent) => self.frames[parent].add_child(key, value),
-            None => self.root = Some((key.into_owned(), value)),
+            None => self.root = Some((Str::from(key.as_ref()), value)),
         }
     }
 
@@ -858,8 +858,8 @@ fn is_document_name(name: &str) -> bool {
 }
 
 /// Concatenates without the formatting machinery, on the path of every key.
-fn concat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+fn concat(parts: &[&str]) -> Str {
+    let mut s = Str::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
         s.push_str(part);
     }
@@ -880,9 +880,10 @@ fn offset(position: u64) -> usize {
 /// the module documentation.
 pub fn encode(value: &Value, options: &XmlOptions) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer {
-        out: Vec::with_capacity(512),
+        // A typical business document fits without growing.
+        out: Vec::with_capacity(4096),
         indent: options.indent,
-        path: Vec::new(),
+        path: Vec::with_capacity(16),
         scope: Vec::with_capacity(options.namespaces.len() + 1),
     };
     let (name, content) = match &options.root {
@@ -1136,7 +1137,10 @@ impl<'a> Writer<'a> {
     }
 
     fn check_prefix(&self, name: &str, what: &str) -> Result<(), EncodeError> {
-        match name.split_once(':') {
+        let Some(colon) = name.bytes().position(|b| b == b':') else {
+            return Ok(());
+        };
+        match Some((&name[..colon], ())) {
             Some((prefix, _))
                 if prefix != "xml" && prefix != "xmlns" && !self.scope.contains(&prefix) =>
             {
@@ -1245,6 +1249,26 @@ fn describe_root(v: &Value) -> String {
 /// A name the writer accepts: an optional prefix and a local name, each of
 /// letters, digits, `_`, `-` and `.`, not starting with a digit, `-` or `.`.
 fn is_name(name: &str) -> bool {
+    // Names are checked for every element written: plain ASCII names, by
+    // far the most common, are checked byte by byte.
+    if name.is_ascii() {
+        let mut at_start = true;
+        let mut colons = 0;
+        for &c in name.as_bytes() {
+            match c {
+                b'a'..=b'z' | b'A'..=b'Z' | b'_' => {}
+                b'0'..=b'9' | b'-' | b'.' if !at_start => {}
+                b':' if !at_start && colons == 0 => {
+                    colons += 1;
+                    at_start = true;
+                    continue;
+                }
+                _ => return false,
+            }
+            at_start = false;
+        }
+        return !at_start;
+    }
     match name.split_once(':') {
         Some((prefix, local)) => is_ncname(prefix) && is_ncname(local),
         None => is_ncname(name),
@@ -1991,7 +2015,7 @@ mod tests {
 
     fn element() -> impl Strategy<Value = Value> {
         any_text()
-            .prop_map(Value::String)
+            .prop_map(Value::from)
             .prop_recursive(4, 48, 4, |inner| {
                 let child = prop_oneof![
                     3 => inner.clone(),
@@ -2008,7 +2032,7 @@ mod tests {
                         |(attributes, children, text, text_at)| {
                             let mut map = Map::new();
                             for (name, value) in attributes {
-                                map.insert(format!("@{name}"), Value::String(value));
+                                map.insert(format!("@{name}"), Value::from(value));
                             }
                             let mut elements = Map::new();
                             for (name, value) in children {
@@ -2018,7 +2042,7 @@ mod tests {
                                 return None;
                             }
                             let text_at = text_at.index(elements.len() + 1);
-                            let mut text = text.map(Value::String);
+                            let mut text = text.map(Value::from);
                             for (i, (name, value)) in elements.into_iter().enumerate() {
                                 if i == text_at {
                                     if let Some(text) = text.take() {

@@ -21,7 +21,7 @@ use crate::codec::csv::CsvOptions;
 use crate::codec::json::JsonOptions;
 use crate::codec::xml::XmlOptions;
 use crate::codec::{Codec, Format, Limits};
-use crate::value::Value;
+use crate::value::{Str, Value};
 use crate::yaml::{self, Kind as YKind, Node, Pos};
 
 const TOP_KEYS: &[&str] = &[
@@ -793,7 +793,7 @@ impl Compiler {
         let at = t.entries.iter().position(|(k, _)| k == first);
         if rest.is_empty() {
             match (at.map(|i| &mut t.entries[i].1), node) {
-                (None, node) => t.entries.push((first.clone(), node)),
+                (None, node) => t.entries.push((Str::from(first.as_str()), node)),
                 (
                     Some(TNode::Object {
                         template,
@@ -803,7 +803,7 @@ impl Compiler {
                 ) if xml && !template.entries.iter().any(|(k, _)| k == "#text") => {
                     template
                         .entries
-                        .insert(0, ("#text".to_owned(), TNode::Field(f)));
+                        .insert(0, (Str::const_new("#text"), TNode::Field(f)));
                 }
                 (Some(_), _) => self.error(pos, format!("target {target} is written twice"), None),
             }
@@ -813,7 +813,7 @@ impl Compiler {
             Some(i) => i,
             None => {
                 t.entries.push((
-                    first.clone(),
+                    Str::from(first.as_str()),
                     TNode::Object {
                         template: Template::default(),
                         when: None,
@@ -834,7 +834,9 @@ impl Compiler {
                 return;
             };
             if let TNode::Object { template, .. } = slot {
-                template.entries.push(("#text".to_owned(), TNode::Field(f)));
+                template
+                    .entries
+                    .push((Str::const_new("#text"), TNode::Field(f)));
             }
         }
         match slot {

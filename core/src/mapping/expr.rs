@@ -31,7 +31,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::lookup::LookupTable;
 use super::numfmt::NumFormat;
-use crate::value::{Map, Number, Value, parse_decimal_text};
+use crate::value::{Map, Number, Str, Value, parse_decimal_text};
 
 /// Operations one evaluation may take: enough for any reasonable
 /// expression over a large message, small enough to stop a runaway one fast.
@@ -242,17 +242,17 @@ pub(crate) fn from_dynamic(d: Dynamic) -> Result<Value, String> {
     if d.is_unit() {
         return Ok(Value::Null);
     }
-    if let Some(b) = d.clone().try_cast::<bool>() {
-        return Ok(Value::Bool(b));
-    }
-    if let Some(i) = d.clone().try_cast::<INT>() {
-        return Ok(Value::from(i));
-    }
-    if let Some(x) = d.clone().try_cast::<Decimal>() {
+    if let Ok(x) = d.as_decimal() {
         return Ok(Value::Number(Number::from_decimal(x)));
     }
+    if let Ok(i) = d.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(b) = d.as_bool() {
+        return Ok(Value::Bool(b));
+    }
     if d.is_string() || d.is_char() {
-        return Ok(Value::String(d.to_string()));
+        return Ok(Value::String(Str::from(d.to_string())));
     }
     if d.is_array() {
         let items = d.cast::<Array>();
@@ -546,7 +546,7 @@ pub(crate) fn engine(tables: Arc<Vec<LookupTable>>) -> Engine {
     });
     e.register_fn("format_number", |x: Dynamic, pattern: &str| -> R<String> {
         let f = NumFormat::parse(pattern).map_err(|m| -> Box<EvalAltResult> { m.into() })?;
-        Ok(f.apply(dec_of(&x)?))
+        Ok(f.apply(dec_of(&x)?).into_string())
     });
 
     // text

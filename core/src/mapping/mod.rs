@@ -23,7 +23,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use crate::codec::{Codec, DecodeError, EncodeError, Limits};
-use crate::value::Value;
+use crate::value::{Str, Value};
 
 use self::expr::Expr;
 use self::lookup::LookupTable;
@@ -69,7 +69,7 @@ enum Body {
 /// Target keys in output order, each with what fills it.
 #[derive(Default)]
 struct Template {
-    entries: Vec<(String, TNode)>,
+    entries: Vec<(Str, TNode)>,
 }
 
 enum TNode {

@@ -9,6 +9,8 @@
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use crate::value::Str;
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct NumFormat {
     min_int: usize,
@@ -51,20 +53,23 @@ impl NumFormat {
         })
     }
 
-    pub fn apply(&self, value: Decimal) -> String {
+    pub fn apply(&self, value: Decimal) -> Str {
         let mut v =
             value.round_dp_with_strategy(self.max_frac, RoundingStrategy::MidpointNearestEven);
         if v.is_zero() {
             // no "-0.00"
             v.set_sign_positive(true);
         }
-        let mut v = v.normalize();
+        if self.min_frac != self.max_frac {
+            // Optional decimals: drop the trailing zeros first.
+            v = v.normalize();
+        }
         if v.scale() < self.min_frac {
             v.rescale(self.min_frac);
         }
         if !self.group && self.min_int == 1 {
             // The common patterns ("0", "0.00"): the decimal's own text.
-            return v.to_string();
+            return crate::value::decimal_text(v);
         }
         let text = v.abs().to_string();
         let (int, frac) = match text.split_once('.') {
@@ -76,7 +81,7 @@ impl NumFormat {
         } else {
             int
         };
-        let mut out = String::with_capacity(text.len() + 8);
+        let mut out = Str::with_capacity(text.len() + 8);
         if v.is_sign_negative() {
             out.push('-');
         }
@@ -105,7 +110,7 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn f(pattern: &str, v: &str) -> String {
+    fn f(pattern: &str, v: &str) -> Str {
         NumFormat::parse(pattern)
             .unwrap()
             .apply(Decimal::from_str(v).unwrap())

@@ -5,7 +5,6 @@
 //! expression engine, and each binds only the names it uses.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use rhai::Dynamic;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -15,7 +14,7 @@ use super::path::{Base, Path};
 use super::{
     Body, Case, Check, Field, Group, Kind, MapError, Mapping, Source, TNode, Template, Var,
 };
-use crate::value::{Map, Number, Value};
+use crate::value::{Map, Number, Str, Value};
 
 pub(super) fn run(m: &Mapping, input: &Value) -> Result<Value, MapError> {
     let mut r = Runner {
@@ -23,7 +22,7 @@ pub(super) fn run(m: &Mapping, input: &Value) -> Result<Value, MapError> {
         root: input,
         slots: vec![Value::Null; m.slots],
         trail: Vec::new(),
-        memo: RefCell::new(HashMap::new()),
+        memo: RefCell::new(Vec::new()),
     };
     let top = Frame {
         current: input,
@@ -47,7 +46,7 @@ struct Runner<'m, 'v> {
     /// The groups being filled and the item number in each, for messages.
     trail: Vec<(&'m str, usize)>,
     /// Results of item-only expressions, by expression and item address.
-    memo: RefCell<HashMap<(usize, usize), Value>>,
+    memo: RefCell<Vec<((usize, usize), Value)>>,
 }
 
 /// Where paths and field names are read from.
@@ -222,13 +221,13 @@ impl<'m, 'v> Runner<'m, 'v> {
             _ => None,
         };
         if let Some(key) = key
-            && let Some(v) = self.memo.borrow().get(&key)
+            && let Some((_, v)) = self.memo.borrow().iter().find(|(k, _)| *k == key)
         {
             return Ok(v.clone());
         }
         let v = self.eval_uncached(e, frame)?;
         if let Some(key) = key {
-            self.memo.borrow_mut().insert(key, v.clone());
+            self.memo.borrow_mut().push((key, v.clone()));
         }
         Ok(v)
     }
@@ -383,7 +382,7 @@ impl<'m, 'v> Runner<'m, 'v> {
         {
             let t = s.trim();
             if t.len() != s.len() {
-                *s = t.to_owned();
+                *s = Str::from(t);
             }
         }
         if let Some(case) = f.case
@@ -405,7 +404,7 @@ impl<'m, 'v> Runner<'m, 'v> {
             let table = &self.m.tables[l.table];
             let key = v.scalar_text().unwrap_or_default().into_owned();
             v = match (table.get(&key), &l.default) {
-                (Some(found), _) => Value::String(found.to_owned()),
+                (Some(found), _) => Value::String(Str::from(found)),
                 (None, Some(d)) => d.clone(),
                 (None, None) => {
                     return Err(self.error(
@@ -451,7 +450,7 @@ impl<'m, 'v> Runner<'m, 'v> {
     fn coerce(&self, f: &Field, v: Value, kind: Kind) -> Result<Value, MapError> {
         let text = v.scalar_text().unwrap_or_default().into_owned();
         Ok(match kind {
-            Kind::String => Value::String(text),
+            Kind::String => Value::String(Str::from(text)),
             Kind::Number => Value::Number(Number::from_decimal(self.number(f, &v)?)),
             Kind::Integer => {
                 let d = self.number(f, &v)?;
