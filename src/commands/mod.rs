@@ -6,7 +6,10 @@
 //! - 2: the command line is wrong (reported by the argument parser);
 //! - 78: a configuration or mapping file has errors (EX_CONFIG).
 
+pub mod check;
 pub mod map;
+pub mod messages;
+pub mod run;
 pub mod test;
 
 /// A configuration or mapping file has errors.

@@ -238,15 +238,14 @@ impl<'i> Frame<'i> {
 
     /// Adds character data that borrows from the document.
     fn push_borrowed(&mut self, piece: Cow<'i, str>) {
-        if let Cow::Borrowed(s) = piece {
-            if self.piece_blank
-                && self.pending.is_empty()
-                && self.text.len() == self.piece_start
-                && is_blank(s)
-            {
-                self.pending = s;
-                return;
-            }
+        if let Cow::Borrowed(s) = piece
+            && self.piece_blank
+            && self.pending.is_empty()
+            && self.text.len() == self.piece_start
+            && is_blank(s)
+        {
+            self.pending = s;
+            return;
         }
         self.push_str(&piece);
     }
@@ -366,14 +365,14 @@ impl<'i, 'o> Decoder<'i, 'o> {
             };
             return Err(self.error_at(self.at + 1, message));
         }
-        if self.depth == 0 {
-            if let Some((root, _)) = &self.root {
-                return Err(self.error(format!(
-                    "a second root element <{}> after the root element <{root}>: a document has \
+        if self.depth == 0
+            && let Some((root, _)) = &self.root
+        {
+            return Err(self.error(format!(
+                "a second root element <{}> after the root element <{root}>: a document has \
                      exactly one root element",
-                    name.0
-                )));
-            }
+                name.0
+            )));
         }
         if self.depth >= self.max_depth {
             return Err(self.error(format!(
@@ -1047,12 +1046,12 @@ impl<'a> Writer<'a> {
         self.check_prefix(name, "element")?;
         if prefixed_attributes {
             for key in map.keys() {
-                if let Some(attr) = key.strip_prefix('@') {
-                    if !attr.starts_with("xmlns:") {
-                        self.path.push(Segment::Key(key));
-                        self.check_prefix(attr, "attribute")?;
-                        self.path.pop();
-                    }
+                if let Some(attr) = key.strip_prefix('@')
+                    && !attr.starts_with("xmlns:")
+                {
+                    self.path.push(Segment::Key(key));
+                    self.check_prefix(attr, "attribute")?;
+                    self.path.pop();
                 }
             }
         }
@@ -1188,6 +1187,13 @@ impl<'a> Writer<'a> {
                     return Err(self.error(format!(
                         "the text contains the control character U+{b:04X}, which XML 1.0 cannot \
                          represent"
+                    )));
+                }
+                // U+FFFE and U+FFFF (EF BF BE, EF BF BF) are not XML characters either.
+                0xEF if matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])) => {
+                    let c = if bytes[i + 2] == 0xBE { "FFFE" } else { "FFFF" };
+                    return Err(self.error(format!(
+                        "the text contains the non-character U+{c}, which XML 1.0 cannot represent"
                     )));
                 }
                 _ => continue,
@@ -1757,6 +1763,26 @@ mod tests {
     }
 
     #[test]
+    fn encode_refuses_what_xml_cannot_hold() {
+        for (text, what) in [
+            ("a\u{1}b", "U+0001"),
+            ("a\u{FFFE}b", "U+FFFE"),
+            ("\u{FFFF}", "U+FFFF"),
+        ] {
+            let value = Value::Object(Map::from_iter([("r", Value::from(text))]));
+            let err = encode(&value, &one_line()).unwrap_err();
+            assert!(err.message.contains(what), "{what}: {err}");
+            assert_eq!(err.path, "r");
+        }
+        // the characters around them are fine
+        let value = Value::Object(Map::from_iter([(
+            "r",
+            Value::from("\u{FFFD}\u{EFBF}\u{10FFFF}"),
+        )]));
+        assert!(encode(&value, &one_line()).is_ok());
+    }
+
+    #[test]
     fn encode_attributes_text_and_scalars() {
         let value = json(
             r##"{"Amount": {"@currency": "XAF", "@rate": 1.50, "@final": true, "#text": 1500.50}}"##,
@@ -2044,10 +2070,10 @@ mod tests {
                             let text_at = text_at.index(elements.len() + 1);
                             let mut text = text.map(Value::from);
                             for (i, (name, value)) in elements.into_iter().enumerate() {
-                                if i == text_at {
-                                    if let Some(text) = text.take() {
-                                        map.insert(TEXT_KEY, text);
-                                    }
+                                if i == text_at
+                                    && let Some(text) = text.take()
+                                {
+                                    map.insert(TEXT_KEY, text);
                                 }
                                 map.insert(name, value);
                             }

@@ -468,17 +468,17 @@ impl Compiler {
                 if let Some(ns) = node.get("namespaces") {
                     o.namespaces = self.namespaces(ns);
                 }
-                if let Some(n) = node.get("root") {
-                    if let Some(r) = self.string(n, "root") {
-                        if !is_xml_name(&r) {
-                            self.error(
-                                n.pos,
-                                format!("\"{r}\" is not a valid XML element name"),
-                                None,
-                            );
-                        }
-                        o.root = Some(r);
+                if let Some(n) = node.get("root")
+                    && let Some(r) = self.string(n, "root")
+                {
+                    if !is_xml_name(&r) {
+                        self.error(
+                            n.pos,
+                            format!("\"{r}\" is not a valid XML element name"),
+                            None,
+                        );
                     }
+                    o.root = Some(r);
                 }
                 if let Some(n) = node.get("declaration") {
                     o.declaration = self.boolean(n, "declaration").unwrap_or(true);
@@ -513,16 +513,16 @@ impl Compiler {
                         None => self.error(n.pos, "`columns:` is a list of column names", None),
                     }
                 }
-                if let Some(n) = node.get("encoding") {
-                    if let Some(label) = self.string(n, "encoding") {
-                        match Charset::from_label(&label) {
-                            Some(cs) => o.charset = cs,
-                            None => self.error(
-                                n.pos,
-                                format!("unknown encoding \"{label}\""),
-                                Some("for example UTF-8, ISO-8859-1, windows-1252"),
-                            ),
-                        }
+                if let Some(n) = node.get("encoding")
+                    && let Some(label) = self.string(n, "encoding")
+                {
+                    match Charset::from_label(&label) {
+                        Some(cs) => o.charset = cs,
+                        None => self.error(
+                            n.pos,
+                            format!("unknown encoding \"{label}\""),
+                            Some("for example UTF-8, ISO-8859-1, windows-1252"),
+                        ),
                     }
                 }
                 Codec::Csv(o)
@@ -922,15 +922,15 @@ impl Compiler {
                 ok = false;
             }
         }
-        if let Some(n) = node.get("of") {
-            if node.get("sum").is_none() {
-                self.error(
-                    n.pos,
-                    "`of:` goes with `sum:` (the expression summed for each item)",
-                    None,
-                );
-                ok = false;
-            }
+        if let Some(n) = node.get("of")
+            && node.get("sum").is_none()
+        {
+            self.error(
+                n.pos,
+                "`of:` goes with `sum:` (the expression summed for each item)",
+                None,
+            );
+            ok = false;
         }
         if let Some(n) = node.get("path") {
             let paths = match n.as_seq() {
@@ -1009,12 +1009,12 @@ impl Compiler {
         if let Some(n) = node.get("round") {
             f.round = self.count_of(n, "round", 28).map(|r| r as u32);
         }
-        if let Some(n) = node.get("format") {
-            if let Some(p) = self.string(n, "format") {
-                match NumFormat::parse(&p) {
-                    Ok(nf) => f.format = Some(nf),
-                    Err(m) => self.error(n.pos, m, None),
-                }
+        if let Some(n) = node.get("format")
+            && let Some(p) = self.string(n, "format")
+        {
+            match NumFormat::parse(&p) {
+                Ok(nf) => f.format = Some(nf),
+                Err(m) => self.error(n.pos, m, None),
             }
         }
         if let Some(n) = node.get("type") {
@@ -1072,26 +1072,26 @@ impl Compiler {
     }
 
     fn checks(&mut self, node: &Node, f: &mut Field) {
-        if let Some(n) = node.get("max_length") {
-            if let Some(v) = self.count_of(n, "max_length", usize::MAX >> 1) {
-                f.checks.push(Check::MaxLength(v));
-            }
+        if let Some(n) = node.get("max_length")
+            && let Some(v) = self.count_of(n, "max_length", usize::MAX >> 1)
+        {
+            f.checks.push(Check::MaxLength(v));
         }
-        if let Some(n) = node.get("min_length") {
-            if let Some(v) = self.count_of(n, "min_length", usize::MAX >> 1) {
-                f.checks.push(Check::MinLength(v));
-            }
+        if let Some(n) = node.get("min_length")
+            && let Some(v) = self.count_of(n, "min_length", usize::MAX >> 1)
+        {
+            f.checks.push(Check::MinLength(v));
         }
-        if let Some(n) = node.get("pattern") {
-            if let Some(p) = self.string(n, "pattern") {
-                match regex::Regex::new(&format!("^(?:{p})$")) {
-                    Ok(re) => f.checks.push(Check::Pattern(re, p)),
-                    Err(e) => self.error(
-                        n.pos,
-                        format!("pattern \"{p}\" is not a valid regular expression: {e}"),
-                        None,
-                    ),
-                }
+        if let Some(n) = node.get("pattern")
+            && let Some(p) = self.string(n, "pattern")
+        {
+            match regex::Regex::new(&format!("^(?:{p})$")) {
+                Ok(re) => f.checks.push(Check::Pattern(re, p)),
+                Err(e) => self.error(
+                    n.pos,
+                    format!("pattern \"{p}\" is not a valid regular expression: {e}"),
+                    None,
+                ),
             }
         }
         if let Some(n) = node.get("one_of") {

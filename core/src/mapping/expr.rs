@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use jiff::civil::{Date, DateTime};
 use jiff::fmt::strtime;
-use jiff::{Timestamp, ToSpan};
+use jiff::fmt::temporal::Pieces;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan, ZonedDateTime};
 use rhai::packages::{ArithmeticPackage, LogicPackage, Package};
 use rhai::{
     AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, ParseErrorType, Scope,
@@ -355,31 +357,37 @@ fn is_nothing(d: &Dynamic) -> bool {
     d.is_unit() || (d.is_string() && d.to_string().is_empty())
 }
 
-/// A moment in time read from a value: a date, a date and time, or an
-/// instant (with an offset).
+/// A moment in time read from a value: a date, a date and time, or a date
+/// and time at a known offset (kept, so that `2026-11-18T16:02:47+01:00`
+/// is still 16:02 where it was written).
 enum When {
     Date(Date),
     DateTime(DateTime),
-    Instant(Timestamp),
+    Zoned(ZonedDateTime),
 }
 
 impl When {
     fn read(d: &Dynamic) -> R<When> {
         let s = text_of(d);
         let s = s.trim();
-        if let Ok(x) = s.parse::<Date>() {
-            return Ok(When::Date(x));
-        }
-        if let Ok(x) = s.parse::<Timestamp>() {
-            return Ok(When::Instant(x));
-        }
-        if let Ok(x) = s.parse::<DateTime>() {
-            return Ok(When::DateTime(x));
-        }
-        Err(format!(
-            "\"{s}\" is not a date (expected 2026-11-21, 2026-11-21T09:14:03 or 2026-11-21T09:14:03Z; give its format as a second argument otherwise)"
-        )
-        .into())
+        let parsed = Pieces::parse(s).ok().and_then(|p| {
+            let date = p.date();
+            match (p.time(), p.offset()) {
+                (None, _) => Some(When::Date(date)),
+                (Some(time), None) => Some(When::DateTime(date.to_datetime(time))),
+                (Some(time), Some(offset)) => date
+                    .to_datetime(time)
+                    .to_zoned_datetime(TimeZone::fixed(offset.to_numeric_offset()))
+                    .ok()
+                    .map(When::Zoned),
+            }
+        });
+        parsed.ok_or_else(|| {
+            format!(
+                "\"{s}\" is not a date (expected 2026-11-21, 2026-11-21T09:14:03, 2026-11-21T09:14:03Z or 2026-11-21T09:14:03+01:00; give its format as a second argument otherwise)"
+            )
+            .into()
+        })
     }
 
     fn read_with(d: &Dynamic, format: &str) -> R<When> {
@@ -387,8 +395,10 @@ impl When {
         let parsed = strtime::parse(format, s.trim()).map_err(|e| -> Box<EvalAltResult> {
             format!("\"{s}\" does not match the date format \"{format}\": {e}").into()
         })?;
-        if let Ok(t) = parsed.to_timestamp() {
-            return Ok(When::Instant(t));
+        if let (Some(offset), Ok(dt)) = (parsed.offset(), parsed.to_datetime())
+            && let Ok(z) = dt.to_zoned_datetime(TimeZone::fixed(offset))
+        {
+            return Ok(When::Zoned(z));
         }
         if let Ok(t) = parsed.to_datetime() {
             return Ok(When::DateTime(t));
@@ -403,7 +413,7 @@ impl When {
         match self {
             When::Date(d) => *d,
             When::DateTime(t) => t.date(),
-            When::Instant(t) => t.to_zoned_datetime(jiff::tz::TimeZone::UTC).date(),
+            When::Zoned(z) => z.date(),
         }
     }
 
@@ -411,9 +421,18 @@ impl When {
         let r = match self {
             When::Date(d) => strtime::format(format, *d),
             When::DateTime(t) => strtime::format(format, *t),
-            When::Instant(t) => strtime::format(format, *t),
+            When::Zoned(z) => strtime::format(format, z),
         };
         r.map_err(|e| format!("cannot write the date with format \"{format}\": {e}").into())
+    }
+
+    /// ISO 8601 text: `2026-11-21`, `2026-11-21T09:14:03`, `2026-11-21T09:14:03+01:00`.
+    fn text(&self) -> R<String> {
+        match self {
+            When::Date(d) => Ok(d.to_string()),
+            When::DateTime(t) => Ok(t.to_string()),
+            When::Zoned(_) => self.format("%Y-%m-%dT%H:%M:%S%.f%:z"),
+        }
     }
 }
 
@@ -421,16 +440,11 @@ fn add_days(x: &Dynamic, n: &Dynamic) -> R<String> {
     let n = int_of(n)?;
     let span = n.days();
     let err = |e: jiff::Error| -> Box<EvalAltResult> { format!("cannot add {n} days: {e}").into() };
-    Ok(match When::read(x)? {
-        When::Date(d) => d.checked_add(span).map_err(err)?.to_string(),
-        When::DateTime(t) => t.checked_add(span).map_err(err)?.to_string(),
-        When::Instant(t) => t
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .checked_add(span)
-            .map_err(err)?
-            .timestamp()
-            .to_string(),
-    })
+    match When::read(x)? {
+        When::Date(d) => Ok(d.checked_add(span).map_err(err)?.to_string()),
+        When::DateTime(t) => Ok(t.checked_add(span).map_err(err)?.to_string()),
+        When::Zoned(z) => When::Zoned(z.checked_add(span).map_err(err)?).text(),
+    }
 }
 
 fn sum_list(list: &Dynamic, field: Option<&str>) -> R<Decimal> {
@@ -761,12 +775,8 @@ pub(crate) fn engine(tables: Arc<Vec<LookupTable>>) -> Engine {
     e.register_fn("format_date", |x: Dynamic, input: &str, out: &str| {
         When::read_with(&x, input)?.format(out)
     });
-    e.register_fn("parse_date", |x: Dynamic, input: &str| -> R<String> {
-        Ok(match When::read_with(&x, input)? {
-            When::Date(d) => d.to_string(),
-            When::DateTime(t) => t.to_string(),
-            When::Instant(t) => t.to_string(),
-        })
+    e.register_fn("parse_date", |x: Dynamic, input: &str| {
+        When::read_with(&x, input)?.text()
     });
     e.register_fn("year", |x: Dynamic| {
         When::read(&x).map(|w| INT::from(w.date().year()))
@@ -980,6 +990,32 @@ mod tests {
         assert_eq!(
             run("days_between(\"2026-11-01\", d)", &f).unwrap(),
             num("20")
+        );
+        // an offset is kept: the local time stays what the sender wrote
+        let z = [("z", Value::from("2026-11-18T16:02:47+01:00"))];
+        assert_eq!(
+            run("format_date(z, \"%H:%M:%S%:z\")", &z).unwrap(),
+            Value::from("16:02:47+01:00")
+        );
+        assert_eq!(
+            run("year(\"2026-12-31T23:30:00-05:00\")", &[]).unwrap(),
+            num("2026")
+        );
+        assert_eq!(
+            run("add_days(z, 1)", &z).unwrap(),
+            Value::from("2026-11-19T16:02:47+01:00")
+        );
+        assert_eq!(
+            run("format_date(\"2026-11-18T16:02:47\", \"%H:%M\")", &[]).unwrap(),
+            Value::from("16:02")
+        );
+        assert_eq!(
+            run(
+                "parse_date(\"18/11/2026 16:02 +0100\", \"%d/%m/%Y %H:%M %z\")",
+                &[]
+            )
+            .unwrap(),
+            Value::from("2026-11-18T16:02:00+01:00")
         );
         let err = run("year(\"21.11.2026\")", &[]).unwrap_err();
         assert!(err.contains("is not a date"), "{err}");

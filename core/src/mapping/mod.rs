@@ -14,7 +14,7 @@ mod compile;
 mod expr;
 mod lookup;
 mod numfmt;
-mod path;
+pub(crate) mod path;
 mod run;
 pub mod testing;
 
@@ -279,10 +279,75 @@ impl Mapping {
     /// Decodes, maps and encodes one message.
     pub fn run(&self, input: &[u8]) -> Result<Vec<u8>, RunError> {
         let value = self.input.decode(input, &self.limits)?;
-        let out = self.map_value(&value)?;
+        self.run_value(&value)
+    }
+
+    /// Maps and encodes a message already decoded with [`Mapping::input`].
+    pub fn run_value(&self, value: &Value) -> Result<Vec<u8>, RunError> {
+        let out = self.map_value(value)?;
         self.output.encode(&out).map_err(|error| RunError::Encode {
             mapping: self.name.clone(),
             error,
         })
+    }
+}
+
+/// A condition on a whole message (a route's `when`): an expression as in
+/// mapping files, whose names are the message's top-level fields (and
+/// `input`, the whole message).
+pub struct Condition {
+    expr: Expr,
+    engine: rhai::Engine,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Condition").field(&self.expr.text).finish()
+    }
+}
+
+impl Condition {
+    /// Compiles the condition; the error gives the column in `text`.
+    pub fn compile(text: &str) -> Result<Condition, String> {
+        let engine = expr::engine(Arc::new(Vec::new()));
+        let visible = expr::Visible {
+            vars: &[],
+            in_group: false,
+        };
+        let expr = Expr::compile(&engine, text, &visible).map_err(|e| {
+            format!(
+                "expression \"{text}\" does not compile at column {}: {}",
+                e.column, e.message
+            )
+        })?;
+        Ok(Condition { expr, engine })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.expr.text
+    }
+
+    /// True, false, or why the condition could not be decided.
+    pub fn eval(&self, message: &Value) -> Result<bool, String> {
+        let result = self
+            .expr
+            .eval(&self.engine, &mut |name, binding| match binding {
+                expr::Binding::Input | expr::Binding::Item => Some(expr::to_dynamic(message)),
+                expr::Binding::Field => message
+                    .as_object()?
+                    .get(name)
+                    .filter(|v| !matches!(v, Value::Null))
+                    .map(expr::to_dynamic),
+                expr::Binding::Slot(_) | expr::Binding::Position => None,
+            })?;
+        match result {
+            Value::Bool(b) => Ok(b),
+            Value::Null => Ok(false),
+            other => Err(format!(
+                "condition \"{}\" must give true or false, not {}",
+                self.expr.text,
+                other.type_name()
+            )),
+        }
     }
 }

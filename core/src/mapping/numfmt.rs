@@ -89,7 +89,7 @@ impl NumFormat {
         let digits: String = std::iter::repeat_n('0', pad).chain(int.chars()).collect();
         if self.group {
             for (i, c) in digits.chars().enumerate() {
-                if i > 0 && (digits.len() - i) % 3 == 0 {
+                if i > 0 && (digits.len() - i).is_multiple_of(3) {
                     out.push(',');
                 }
                 out.push(c);

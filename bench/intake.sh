@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sustained intake on the default configuration: HTTP POST of the sample
+# order -> journal (fsync'ed group commits) -> both mapped documents
+# written to their outboxes.
+#
+#   bench/intake.sh [SECONDS] [CONNECTIONS]
+#
+# Needs wrk (Debian: apt-get install wrk). Prints the rate of 202 answers
+# (every one backed by a committed, fsync'ed journal write), the rate at
+# which output files were written, and nzela's memory along the way.
+# nzela and wrk share the machine: compare figures of one run, not across
+# machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_RUN=${1:-20}
+CONNECTIONS=${2:-64}
+PORT=${PORT:-18080}
+
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+sed -e "s|127.0.0.1:8080|127.0.0.1:$PORT|" \
+    -e "s|data/|$work/data/|g" \
+    -e 's|level = "info"|level = "warn"|' \
+    config/nzela.toml > "$work/nzela.toml"
+target/release/nzela run --config "$work/nzela.toml" 2> "$work/nzela.log" &
+pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+count() { find "$work/data/out/$1" -name '*.xml' 2>/dev/null | wc -l; }
+
+echo "nzela RSS before: $(rss) KiB"
+(while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss) $(count customs) $(count commerce)"; sleep 1; done) > "$work/samples" &
+start=$(date +%s.%N)
+ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
+  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
+  "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
+accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")
+echo "accepted (202): $((accepted - refused)) of $accepted requests"
+
+# Wait until every accepted order has both documents.
+want=$((accepted - refused))
+while [ "$(count customs)" -lt "$want" ] || [ "$(count commerce)" -lt "$want" ]; do
+  sleep 0.5
+  if ! kill -0 "$pid" 2>/dev/null; then echo "nzela died" >&2; cat "$work/nzela.log" >&2; exit 1; fi
+done
+end=$(date +%s.%N)
+echo "outputs: $(count customs) declarations and $(count commerce) UBL orders in $(echo "$end - $start" | bc) s" \
+     "= $(echo "2 * $want / ($end - $start)" | bc) documents/s"
+echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
+kill -TERM "$pid"; wait "$pid" || true

@@ -1,0 +1,958 @@
+//! The SQLite journal: one file, WAL mode, `synchronous=FULL`, one writer
+//! thread that commits whatever is waiting in one transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Document, Journal, JournalError, Leased, NewMessage, Outcome, Routing, StoredMessage};
+use crate::runtime::{Accepted, BoxFuture, now_millis};
+
+/// Most requests committed together.
+const MAX_BATCH: usize = 1024;
+/// Requests waiting for the writer before senders wait (backpressure).
+const QUEUE: usize = 8192;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS messages (
+    id             TEXT PRIMARY KEY,
+    source         TEXT NOT NULL,
+    received_at    INTEGER NOT NULL,
+    content_type   TEXT,
+    headers        TEXT NOT NULL,
+    body           BLOB NOT NULL,
+    correlation_id TEXT,
+    business_key   TEXT,
+    dedup_key      TEXT,
+    state          TEXT NOT NULL,
+    routed_at      INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages(source, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at) WHERE state = 'received';
+CREATE INDEX IF NOT EXISTS messages_business_key ON messages(business_key) WHERE business_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_correlation ON messages(correlation_id) WHERE correlation_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              TEXT PRIMARY KEY,
+    message_id      TEXT NOT NULL REFERENCES messages(id),
+    route           TEXT NOT NULL,
+    destination     TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    body            BLOB,
+    content_type    TEXT,
+    extension       TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    -- attempts and time at which the current retry budget started (a
+    -- replay starts a new one)
+    budget_attempts INTEGER NOT NULL DEFAULT 0,
+    budget_since    INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message_id);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, route);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id  TEXT NOT NULL,
+    delivery_id TEXT,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_message ON events(message_id, seq);
+"#;
+
+type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
+
+enum Op {
+    Accept(NewMessage, Reply<Accepted>),
+    Route(Vec<Routing>, Reply<()>),
+    Lease {
+        destination: String,
+        now: i64,
+        limit: usize,
+        reply: Reply<Vec<Leased>>,
+    },
+    Outcome {
+        delivery_id: String,
+        attempt: u32,
+        outcome: Outcome,
+        reply: Reply<()>,
+    },
+    Release(Reply<usize>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A journal in one SQLite file.
+pub struct SqliteJournal {
+    path: PathBuf,
+    writer: mpsc::Sender<Op>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Storage(e.to_string())
+}
+
+/// Opens (and creates) the database with the settings every connection needs.
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(storage)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(storage)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage)?;
+    Ok(conn)
+}
+
+impl SqliteJournal {
+    /// Opens the journal at `path`, creating the file and its folder if
+    /// needed, and starts its writer.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, JournalError> {
+        let path = path.as_ref().to_owned();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = connect(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(storage)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(storage(format!(
+                "{} cannot use WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        let reader = connect(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        thread::Builder::new()
+            .name("nzela-journal".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| storage(format!("cannot start the journal writer: {e}")))?;
+        Ok(SqliteJournal {
+            path,
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn request<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| storage("the journal reader is poisoned"))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| storage(format!("journal read failed: {e}")))?
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
+        Box::pin(self.request(|r| Op::Accept(message, r)))
+    }
+
+    fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
+        Box::pin(self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, source, received_at, content_type, headers, body, correlation_id, business_key
+                     FROM messages WHERE state = 'received' ORDER BY received_at LIMIT ?1",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok(StoredMessage {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        received_at: r.get(2)?,
+                        content_type: r.get(3)?,
+                        headers: headers_from_json(&r.get::<_, String>(4)?),
+                        body: r.get(5)?,
+                        correlation_id: r.get(6)?,
+                        business_key: r.get(7)?,
+                    })
+                })
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        }))
+    }
+
+    fn record_routing(&self, routings: Vec<Routing>) -> BoxFuture<'_, Result<(), JournalError>> {
+        Box::pin(self.request(|r| Op::Route(routings, r)))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        destination: &'a str,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Leased>, JournalError>> {
+        let destination = destination.to_owned();
+        Box::pin(self.request(move |reply| Op::Lease {
+            destination,
+            now,
+            limit,
+            reply,
+        }))
+    }
+
+    fn record_outcome(
+        &self,
+        delivery_id: String,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<(), JournalError>> {
+        Box::pin(self.request(move |reply| Op::Outcome {
+            delivery_id,
+            attempt,
+            outcome,
+            reply,
+        }))
+    }
+
+    fn next_due<'a>(
+        &'a self,
+        destination: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, JournalError>> {
+        let destination = destination.to_owned();
+        Box::pin(self.read(move |c| {
+            c.prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' AND destination = ?1")
+                .and_then(|mut s| s.query_row([destination], |r| r.get::<_, Option<i64>>(0)))
+                .map_err(storage)
+        }))
+    }
+
+    fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>> {
+        Box::pin(self.request(Op::Release))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.writer.send(Op::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+/// The writer thread: takes what is waiting, applies it in one
+/// transaction, commits (one fsync), then answers every request.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.blocking_recv() {
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let closing = apply(&mut conn, &mut batch);
+        if let Some(done) = closing {
+            let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// A request's answer, sent only once its transaction is committed.
+enum Answer {
+    Accepted(Reply<Accepted>, Result<Accepted, JournalError>),
+    Unit(Reply<()>, Result<(), JournalError>),
+    Leased(Reply<Vec<Leased>>, Result<Vec<Leased>, JournalError>),
+    Count(Reply<usize>, Result<usize, JournalError>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Accepted(r, v) => drop(r.send(v)),
+            Answer::Unit(r, v) => drop(r.send(v)),
+            Answer::Leased(r, v) => drop(r.send(v)),
+            Answer::Count(r, v) => drop(r.send(v)),
+        }
+    }
+
+    fn fail(self, e: &JournalError) {
+        match self {
+            Answer::Accepted(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Unit(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Leased(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Count(r, _) => drop(r.send(Err(e.clone()))),
+        }
+    }
+}
+
+/// Applies a batch; returns the close request if the batch asked to close.
+fn apply(conn: &mut Connection, batch: &mut Vec<Op>) -> Option<oneshot::Sender<()>> {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut closing = None;
+    let result = (|| -> Result<(), rusqlite::Error> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_millis();
+        for op in batch.drain(..) {
+            match op {
+                Op::Accept(m, reply) => {
+                    let r = accept(&tx, &m, now)?;
+                    answers.push(Answer::Accepted(reply, Ok(r)));
+                }
+                Op::Route(routings, reply) => {
+                    for r in &routings {
+                        route(&tx, r, now)?;
+                    }
+                    answers.push(Answer::Unit(reply, Ok(())));
+                }
+                Op::Lease {
+                    destination,
+                    now,
+                    limit,
+                    reply,
+                } => {
+                    let leased = lease(&tx, &destination, now, limit)?;
+                    answers.push(Answer::Leased(reply, Ok(leased)));
+                }
+                Op::Outcome {
+                    delivery_id,
+                    attempt,
+                    outcome,
+                    reply,
+                } => {
+                    let r = record_outcome(&tx, &delivery_id, attempt, &outcome, now)?;
+                    answers.push(Answer::Unit(reply, r));
+                }
+                Op::Release(reply) => {
+                    let n = tx.execute(
+                        "UPDATE deliveries SET state = 'pending', next_attempt_at = MIN(next_attempt_at, ?1), updated_at = ?1
+                         WHERE state = 'inflight'",
+                        [now],
+                    )?;
+                    answers.push(Answer::Count(reply, Ok(n)));
+                }
+                Op::Close(done) => closing = Some(done),
+            }
+        }
+        tx.commit()
+    })();
+    match result {
+        Ok(()) => answers.into_iter().for_each(Answer::send),
+        Err(e) => {
+            // Nothing of the batch is stored: every sender learns it.
+            let e = storage(e);
+            tracing::error!(error = %e, requests = answers.len(), "journal commit failed");
+            answers.into_iter().for_each(|a| a.fail(&e));
+        }
+    }
+    closing
+}
+
+fn event(
+    tx: &Transaction<'_>,
+    message_id: &str,
+    delivery_id: Option<&str>,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached("INSERT INTO events (message_id, delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![message_id, delivery_id, at, kind, detail])?;
+    Ok(())
+}
+
+fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, rusqlite::Error> {
+    if let Some(key) = &m.dedup_key {
+        let first: Option<String> = tx
+            .prepare_cached("SELECT id FROM messages WHERE source = ?1 AND dedup_key = ?2")?
+            .query_row(params![m.source, key], |r| r.get(0))
+            .optional()?;
+        if let Some(first) = first {
+            event(
+                tx,
+                &first,
+                None,
+                now,
+                "duplicate",
+                &format!("received again from {} ({key}); not routed again", m.source),
+            )?;
+            return Ok(Accepted {
+                message_id: first,
+                duplicate: true,
+            });
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO messages (id, source, received_at, content_type, headers, body, correlation_id, business_key, dedup_key, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'received')",
+    )?
+    .execute(params![
+        m.id,
+        m.source,
+        m.received_at,
+        m.content_type,
+        headers_to_json(&m.headers),
+        m.body,
+        m.correlation_id,
+        m.business_key,
+        m.dedup_key,
+    ])?;
+    event(
+        tx,
+        &m.id,
+        None,
+        now,
+        "received",
+        &format!("from {}, {} bytes", m.source, m.body.len()),
+    )?;
+    Ok(Accepted {
+        message_id: m.id.clone(),
+        duplicate: false,
+    })
+}
+
+fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<(), rusqlite::Error> {
+    let state = if r.deliveries.is_empty() {
+        "unrouted"
+    } else {
+        "routed"
+    };
+    let changed = tx
+        .prepare_cached(
+            "UPDATE messages SET state = ?1, routed_at = ?2 WHERE id = ?3 AND state = 'received'",
+        )?
+        .execute(params![state, now, r.message_id])?;
+    if changed == 0 {
+        // Routed already (by an earlier run): route once only.
+        return Ok(());
+    }
+    if r.deliveries.is_empty() {
+        return event(
+            tx,
+            &r.message_id,
+            None,
+            now,
+            "unrouted",
+            "no route matched; the message is kept",
+        );
+    }
+    event(tx, &r.message_id, None, now, "routed", &r.routes.join(", "))?;
+    for d in &r.deliveries {
+        let (state, body, content_type, extension, error) = match &d.document {
+            Ok(doc) => (
+                "pending",
+                Some(&doc.body),
+                Some(doc.content_type.as_str()),
+                Some(doc.extension.as_str()),
+                None,
+            ),
+            Err(e) => ("dead", None, None, None, Some(e.as_str())),
+        };
+        tx.prepare_cached(
+            "INSERT INTO deliveries (id, message_id, route, destination, state, body, content_type, extension,
+                                     attempts, budget_attempts, budget_since, next_attempt_at, created_at, updated_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9, ?9, ?9, ?10)",
+        )?
+        .execute(params![d.id, r.message_id, d.route, d.destination, state, body, content_type, extension, now, error])?;
+        match &d.document {
+            Ok(doc) => event(
+                tx,
+                &r.message_id,
+                Some(&d.id),
+                now,
+                "mapped",
+                &format!(
+                    "route {} for {}: {} bytes of {}",
+                    d.route,
+                    d.destination,
+                    doc.body.len(),
+                    doc.extension
+                ),
+            )?,
+            Err(e) => {
+                event(
+                    tx,
+                    &r.message_id,
+                    Some(&d.id),
+                    now,
+                    "mapping_failed",
+                    &format!("route {} for {}: {e}", d.route, d.destination),
+                )?;
+                event(tx, &r.message_id, Some(&d.id), now, "dead_lettered", e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lease(
+    tx: &Transaction<'_>,
+    destination: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Leased>, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, updated_at = ?2
+         WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2
+                      ORDER BY next_attempt_at LIMIT ?3)
+         RETURNING id, message_id, route, attempts, body, content_type, extension, created_at, budget_attempts, budget_since",
+    )?;
+    let rows = stmt.query_map(params![destination, now, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, u32>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, i64>(7)?,
+            r.get::<_, u32>(8)?,
+            r.get::<_, i64>(9)?,
+        ))
+    })?;
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (
+        id,
+        message_id,
+        route,
+        attempt,
+        body,
+        content_type,
+        extension,
+        created_at,
+        budget_attempts,
+        budget_since,
+    ) in rows
+    {
+        let (business_key, correlation_id, received_at) = tx
+            .prepare_cached(
+                "SELECT business_key, correlation_id, received_at FROM messages WHERE id = ?1",
+            )?
+            .query_row([&message_id], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+        event(
+            tx,
+            &message_id,
+            Some(&id),
+            now,
+            "attempt",
+            &format!("attempt {attempt} to {destination}"),
+        )?;
+        out.push(Leased {
+            id,
+            message_id,
+            route,
+            destination: destination.to_owned(),
+            attempt,
+            document: Document {
+                body: body.unwrap_or_default(),
+                content_type: content_type.unwrap_or_default(),
+                extension: extension.unwrap_or_default(),
+            },
+            business_key,
+            correlation_id,
+            received_at,
+            created_at,
+            budget_attempts,
+            budget_since,
+        });
+    }
+    Ok(out)
+}
+
+fn record_outcome(
+    tx: &Transaction<'_>,
+    delivery_id: &str,
+    attempt: u32,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<Result<(), JournalError>, rusqlite::Error> {
+    let message_id: Option<String> = tx
+        .prepare_cached("SELECT message_id FROM deliveries WHERE id = ?1 AND state = 'inflight' AND attempts = ?2")?
+        .query_row(params![delivery_id, attempt], |r| r.get(0))
+        .optional()?;
+    let Some(message_id) = message_id else {
+        return Ok(Err(JournalError::NotFound(format!(
+            "delivery {delivery_id} is not in flight at attempt {attempt}"
+        ))));
+    };
+    match outcome {
+        Outcome::Delivered { detail } => {
+            tx.prepare_cached("UPDATE deliveries SET state = 'delivered', updated_at = ?2, last_error = NULL WHERE id = ?1")?
+                .execute(params![delivery_id, now])?;
+            let detail = match detail {
+                Some(d) => format!("attempt {attempt}: {d}"),
+                None => format!("attempt {attempt}"),
+            };
+            event(
+                tx,
+                &message_id,
+                Some(delivery_id),
+                now,
+                "delivered",
+                &detail,
+            )?;
+        }
+        Outcome::Retry { at, error } => {
+            tx.prepare_cached("UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?3, last_error = ?4 WHERE id = ?1")?
+                .execute(params![delivery_id, at, now, error])?;
+            let when = jiff::Timestamp::from_millisecond(*at)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            event(
+                tx,
+                &message_id,
+                Some(delivery_id),
+                now,
+                "retry_scheduled",
+                &format!("attempt {attempt} failed: {error}; next attempt at {when}"),
+            )?;
+        }
+        Outcome::Dead { error } => {
+            tx.prepare_cached("UPDATE deliveries SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1")?
+                .execute(params![delivery_id, now, error])?;
+            event(
+                tx,
+                &message_id,
+                Some(delivery_id),
+                now,
+                "dead_lettered",
+                &format!("attempt {attempt}: {error}"),
+            )?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn headers_to_json(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn headers_from_json(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Read and repair access for operators (`nzela messages`): works beside a
+/// running daemon, which keeps writing (WAL readers never block it, and a
+/// replay waits for its turn to write).
+pub struct Inspector {
+    conn: Connection,
+}
+
+/// Which messages to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only messages with a delivery in this state (`pending` includes
+    /// deliveries in flight), or `unrouted` messages.
+    pub state: Option<String>,
+    /// Only messages with a delivery on this route.
+    pub route: Option<String>,
+    /// Only messages with this id, business key or correlation id.
+    pub key: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// One line of `nzela messages list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageSummary {
+    pub id: String,
+    pub source: String,
+    pub received_at: i64,
+    pub state: String,
+    pub business_key: Option<String>,
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySummary {
+    pub id: String,
+    pub route: String,
+    pub destination: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// Everything about one message: `nzela messages show`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageDetail {
+    pub summary: MessageSummary,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub correlation_id: Option<String>,
+    pub body: Vec<u8>,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub at: i64,
+    pub kind: String,
+    pub delivery_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Inspector {
+    /// Opens an existing journal.
+    pub fn open(path: impl AsRef<Path>) -> Result<Inspector, JournalError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(JournalError::NotFound(format!(
+                "no journal at {} (has nzela run there yet?)",
+                path.display()
+            )));
+        }
+        let conn = connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok(Inspector { conn })
+    }
+
+    /// Message ids for an id, a business key or a correlation id.
+    pub fn find(&self, key: &str) -> Result<Vec<String>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM messages WHERE id = ?1 OR business_key = ?1 OR correlation_id = ?1
+                 UNION SELECT message_id FROM deliveries WHERE id = ?1",
+            )
+            .map_err(storage)?;
+        let ids = stmt.query_map([key], |r| r.get(0)).map_err(storage)?;
+        ids.collect::<Result<Vec<String>, _>>().map_err(storage)
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<MessageSummary>, JournalError> {
+        let mut sql = String::from("SELECT id FROM messages m WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(key) = &filter.key {
+            args.push(key.clone());
+            sql.push_str(&format!(
+                " AND (m.id = ?{0} OR m.business_key = ?{0} OR m.correlation_id = ?{0})",
+                args.len()
+            ));
+        }
+        let delivery_state = match filter.state.as_deref() {
+            Some("unrouted") => {
+                sql.push_str(" AND m.state = 'unrouted'");
+                None
+            }
+            Some("received") => {
+                sql.push_str(" AND m.state = 'received'");
+                None
+            }
+            Some("pending") => Some("d.state IN ('pending', 'inflight')"),
+            Some("dead") => Some("d.state = 'dead'"),
+            Some("delivered") => Some("d.state = 'delivered'"),
+            Some(other) => {
+                return Err(JournalError::NotFound(format!(
+                    "unknown state \"{other}\": expected dead, pending, delivered, unrouted or received"
+                )));
+            }
+            None => None,
+        };
+        if delivery_state.is_some() || filter.route.is_some() {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id");
+            if let Some(s) = delivery_state {
+                sql.push_str(" AND ");
+                sql.push_str(s);
+            }
+            if let Some(route) = &filter.route {
+                args.push(route.clone());
+                sql.push_str(&format!(" AND d.route = ?{}", args.len()));
+            }
+            sql.push(')');
+        }
+        sql.push_str(&format!(
+            " ORDER BY m.received_at DESC LIMIT {}",
+            filter.limit.max(1)
+        ));
+        let mut stmt = self.conn.prepare(&sql).map_err(storage)?;
+        let ids = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        ids.iter().map(|id| self.summary(id)).collect()
+    }
+
+    fn summary(&self, id: &str) -> Result<MessageSummary, JournalError> {
+        let (source, received_at, state, business_key) = self
+            .conn
+            .query_row(
+                "SELECT source, received_at, state, business_key FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(storage)?
+            .ok_or_else(|| JournalError::NotFound(format!("no message {id}")))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, route, destination, state, attempts, next_attempt_at, last_error
+                 FROM deliveries WHERE message_id = ?1 ORDER BY created_at, route, destination",
+            )
+            .map_err(storage)?;
+        let deliveries = stmt
+            .query_map([id], |r| {
+                Ok(DeliverySummary {
+                    id: r.get(0)?,
+                    route: r.get(1)?,
+                    destination: r.get(2)?,
+                    state: r.get(3)?,
+                    attempts: r.get(4)?,
+                    next_attempt_at: r.get(5)?,
+                    last_error: r.get(6)?,
+                })
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(MessageSummary {
+            id: id.to_owned(),
+            source,
+            received_at,
+            state,
+            business_key,
+            deliveries,
+        })
+    }
+
+    /// The message, its deliveries and its event trail.
+    pub fn show(&self, id: &str) -> Result<MessageDetail, JournalError> {
+        let summary = self.summary(id)?;
+        let (content_type, headers, correlation_id, body) = self
+            .conn
+            .query_row(
+                "SELECT content_type, headers, correlation_id, body FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        headers_from_json(&r.get::<_, String>(1)?),
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .map_err(storage)?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, kind, delivery_id, detail FROM events WHERE message_id = ?1 ORDER BY seq")
+            .map_err(storage)?;
+        let events = stmt
+            .query_map([id], |r| {
+                Ok(EventRecord {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    delivery_id: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(MessageDetail {
+            summary,
+            content_type,
+            headers,
+            correlation_id,
+            body,
+            events,
+        })
+    }
+
+    /// Makes the dead deliveries of a message (or one dead delivery, by its
+    /// id) pending again, due now, with a new retry budget. Returns the
+    /// delivery ids requeued.
+    pub fn replay(&self, id: &str) -> Result<Vec<String>, JournalError> {
+        let tx = self.conn.unchecked_transaction().map_err(storage)?;
+        let now = now_millis();
+        let mut stmt = tx
+            .prepare(
+                "SELECT id, message_id FROM deliveries WHERE state = 'dead' AND body IS NOT NULL AND (id = ?1 OR message_id = ?1)",
+            )
+            .map_err(storage)?;
+        let dead = stmt
+            .query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        drop(stmt);
+        for (delivery, message) in &dead {
+            tx.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
+                        budget_attempts = attempts, budget_since = ?2 WHERE id = ?1",
+                params![delivery, now],
+            )
+            .map_err(storage)?;
+            tx.execute(
+                "INSERT INTO events (message_id, delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, 'replayed', 'requeued by an operator')",
+                params![message, delivery, now],
+            )
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        Ok(dead.into_iter().map(|(d, _)| d).collect())
+    }
+}

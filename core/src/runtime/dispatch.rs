@@ -1,0 +1,260 @@
+//! Dispatchers: one per destination. Each leases the deliveries that are
+//! due, sends them (a bounded number at a time), and records each outcome:
+//! delivered; failed for now, retried later with exponential backoff and
+//! jitter (honouring the peer's `Retry-After`); or failed for good, and
+//! dead-lettered with its reason. Destinations are independent: one that is
+//! down holds back nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::router::Wakeup;
+use super::{
+    CancellationToken, Destination, Incoming, Intake, Outbound, SendOutcome, backoff, now_millis,
+};
+use crate::journal::{Journal, Leased, Outcome};
+
+/// How long an idle dispatcher waits before looking at the journal anyway
+/// (an operator's replay, a retry that came due).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// When to give up on a delivery that keeps failing for now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts before the delivery is dead-lettered (a replay starts a new
+    /// count).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles each time (with jitter).
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Dead-letter a delivery still failing this long after it was created
+    /// (or replayed).
+    pub max_age: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_age: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// How one destination is dispatched to.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub name: String,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Longest one attempt may take, whatever the connector does.
+    pub attempt_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// A source name: the destination's answers become new messages from
+    /// this source, correlated with the message they answer.
+    pub reply_to: Option<String>,
+}
+
+pub struct Dispatcher {
+    settings: DispatchSettings,
+    destination: Arc<dyn Destination>,
+    journal: Arc<dyn Journal>,
+    wakeup: Wakeup,
+    intake: Intake,
+}
+
+impl Dispatcher {
+    pub fn new(
+        settings: DispatchSettings,
+        destination: Arc<dyn Destination>,
+        journal: Arc<dyn Journal>,
+        wakeup: Wakeup,
+        intake: Intake,
+    ) -> Dispatcher {
+        Dispatcher {
+            settings,
+            destination,
+            journal,
+            wakeup,
+            intake,
+        }
+    }
+
+    /// Dispatches until `shutdown`, then waits up to `grace` for the
+    /// attempts in flight. An attempt cut short stays leased in the journal
+    /// and is made again at the next start.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
+        let mut inflight = JoinSet::new();
+        loop {
+            // Reap finished attempts (their errors are logged where they happen).
+            while inflight.try_join_next().is_some() {}
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = inflight.join_next() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let leased = match this
+                .journal
+                .lease(&this.settings.name, now_millis(), free)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(destination = %this.settings.name, error = %e, "cannot lease deliveries; trying again");
+                    wait(&this.wakeup, &shutdown, IDLE).await;
+                    continue;
+                }
+            };
+            if leased.is_empty() {
+                let idle = match this.journal.next_due(&this.settings.name).await {
+                    Ok(Some(at)) => {
+                        Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
+                            .min(IDLE)
+                    }
+                    _ => IDLE,
+                };
+                if !idle.is_zero() {
+                    tokio::select! {
+                        () = wait(&this.wakeup, &shutdown, idle) => {}
+                        Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                    }
+                }
+                continue;
+            }
+            for d in leased {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = this.clone();
+                inflight.spawn(async move {
+                    this.attempt(d).await;
+                    drop(permit);
+                });
+            }
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(destination = %this.settings.name, "stopping with attempts still in flight; they are made again at the next start");
+            inflight.abort_all();
+        }
+    }
+
+    async fn attempt(&self, d: Leased) {
+        let s = &self.settings;
+        let out = Outbound {
+            delivery_id: d.id.clone(),
+            message_id: d.message_id.clone(),
+            route: d.route.clone(),
+            destination: d.destination.clone(),
+            attempt: d.attempt,
+            body: d.document.body,
+            content_type: Some(d.document.content_type).filter(|c| !c.is_empty()),
+            extension: d.document.extension,
+            business_key: d.business_key,
+            correlation_id: d.correlation_id,
+            received_at: d.received_at,
+        };
+        let result = tokio::time::timeout(s.attempt_timeout, self.destination.send(&out))
+            .await
+            .unwrap_or_else(|_| SendOutcome::Transient {
+                error: format!("no answer within {:?}", s.attempt_timeout),
+                retry_after: None,
+            });
+        let (message_id, route, destination, delivery_id, attempt) = (
+            &out.message_id,
+            &out.route,
+            &out.destination,
+            &out.delivery_id,
+            out.attempt,
+        );
+        let outcome = match result {
+            SendOutcome::Delivered { response } => {
+                tracing::info!(%message_id, %route, %destination, %delivery_id, attempt, "delivered");
+                let detail = match (&s.reply_to, response) {
+                    (Some(source), Some(reply)) => {
+                        Some(self.accept_reply(source, &out, reply).await)
+                    }
+                    _ => None,
+                };
+                Outcome::Delivered { detail }
+            }
+            SendOutcome::Permanent { error } => {
+                tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "delivery failed for good; dead-lettered");
+                Outcome::Dead { error }
+            }
+            SendOutcome::Transient { error, retry_after } => {
+                let now = now_millis();
+                let tries = attempt.saturating_sub(d.budget_attempts);
+                let age = Duration::from_millis(u64::try_from(now - d.budget_since).unwrap_or(0));
+                if tries >= s.retry.max_attempts {
+                    let error = format!("gave up after {tries} attempts: {error}");
+                    tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "dead-lettered");
+                    Outcome::Dead { error }
+                } else if s.retry.max_age.is_some_and(|max| age >= max) {
+                    let error = format!("gave up after {:?} of attempts: {error}", age);
+                    tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "dead-lettered");
+                    Outcome::Dead { error }
+                } else {
+                    let wait = backoff(tries, s.retry.initial_backoff, s.retry.max_backoff)
+                        .max(retry_after.unwrap_or_default());
+                    let at = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                    tracing::warn!(%message_id, %route, %destination, %delivery_id, attempt, %error, retry_in = ?wait, "delivery failed; will retry");
+                    Outcome::Retry { at, error }
+                }
+            }
+        };
+        if let Err(e) = self
+            .journal
+            .record_outcome(out.delivery_id.clone(), attempt, outcome)
+            .await
+        {
+            // The delivery stays leased: it is made again at the next start.
+            tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, error = %e, "cannot record the outcome");
+        }
+    }
+
+    /// A destination's answer becomes a new message from `source`.
+    async fn accept_reply(&self, source: &str, out: &Outbound, reply: super::Reply) -> String {
+        let incoming = Incoming {
+            source: source.to_owned(),
+            body: reply.body,
+            content_type: reply.content_type,
+            headers: reply.headers,
+            correlation_id: Some(out.message_id.clone()),
+            idempotency_key: Some(format!("reply:{}", out.delivery_id)),
+            business_key: out.business_key.clone(),
+        };
+        match self.intake.accept(incoming).await {
+            Ok(a) => format!("reply accepted as message {}", a.message_id),
+            Err(e) => {
+                tracing::error!(message_id = %out.message_id, delivery_id = %out.delivery_id, error = %e, "the reply could not be journaled");
+                format!("reply lost: {e}")
+            }
+        }
+    }
+}
+
+async fn wait(wakeup: &Wakeup, shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = wakeup.wait() => {}
+        () = tokio::time::sleep(d) => {}
+        () = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,280 @@
+//! The running hub: how connectors hand messages in and get deliveries out.
+//!
+//! ```text
+//! source ──Incoming──► Intake ──► journal (committed) ──► Accepted ──► ack
+//!                                    │
+//!                        router: routes, mappings ──► deliveries (journal)
+//!                                    │
+//!                        dispatcher per destination ──Outbound──► Destination::send
+//!                                    └── SendOutcome ──► journal (delivered / retry / dead)
+//! ```
+//!
+//! This module knows no protocol. A source connector owns its listener or
+//! poller and calls [`Intake::accept`], acknowledging its sender only once
+//! that returns. A destination connector implements [`Destination`] and
+//! says, for each attempt, whether the delivery went through, failed for a
+//! while, or failed for good.
+
+pub mod dispatch;
+pub mod router;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, JournalError, NewMessage};
+use crate::mapping::path::Path;
+use crate::value::Value;
+
+/// A boxed future, for traits that must stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A message as a source received it, before the hub takes custody.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    /// The source's name in the configuration.
+    pub source: String,
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    /// Protocol headers or properties worth keeping (HTTP headers, AMQP
+    /// properties, the file name), in order.
+    pub headers: Vec<(String, String)>,
+    /// Ties this message to others (a reply to the message it answers).
+    pub correlation_id: Option<String>,
+    /// The sender's own key for this message (`Idempotency-Key`, AMQP
+    /// `message_id`): a second message from the same source with the same
+    /// key is a duplicate.
+    pub idempotency_key: Option<String>,
+    /// The business key read from the message (an order number): used to
+    /// find the message, and as the duplicate key when there is no
+    /// idempotency key.
+    pub business_key: Option<String>,
+}
+
+/// The hub has custody of the message: it is committed to the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub message_id: String,
+    /// The message was already accepted earlier (same idempotency or
+    /// business key); `message_id` is the first one's, and it is not routed
+    /// again.
+    pub duplicate: bool,
+}
+
+/// Why the hub could not take custody of a message. Nothing of it is kept:
+/// the sender must send it again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntakeError {
+    /// The journal cannot commit (disk full, I/O error, ...).
+    #[error("the journal cannot accept messages now: {0}")]
+    Unavailable(String),
+    /// The hub is stopping.
+    #[error("nzela is shutting down")]
+    ShuttingDown,
+}
+
+/// What sources hand their messages to. Cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    journal: Arc<dyn Journal>,
+    router: router::Wakeup,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for Intake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Intake").finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    pub fn new(
+        journal: Arc<dyn Journal>,
+        router: router::Wakeup,
+        shutdown: CancellationToken,
+    ) -> Intake {
+        Intake {
+            journal,
+            router,
+            shutdown,
+        }
+    }
+
+    /// Commits the message to the journal (fsync'ed, with others in the
+    /// same group commit) and returns its id. Only then may the source
+    /// acknowledge its sender.
+    pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, IntakeError> {
+        if self.shutdown.is_cancelled() {
+            return Err(IntakeError::ShuttingDown);
+        }
+        let accepted = self
+            .journal
+            .accept(NewMessage::from(incoming))
+            .await
+            .map_err(|e| match e {
+                JournalError::Closed => IntakeError::ShuttingDown,
+                other => IntakeError::Unavailable(other.to_string()),
+            })?;
+        if !accepted.duplicate {
+            self.router.wake();
+        }
+        Ok(accepted)
+    }
+
+    /// Cancelled when the hub stops: sources stop taking new messages.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+}
+
+/// One attempt at one delivery, as a destination sees it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Stable across attempts: the idempotency key of the delivery.
+    pub delivery_id: String,
+    pub message_id: String,
+    pub route: String,
+    pub destination: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The mapped document.
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    /// The file extension that suits the body (`xml`, `json`, `csv`).
+    pub extension: String,
+    pub business_key: Option<String>,
+    pub correlation_id: Option<String>,
+    /// When the message was received, unix milliseconds.
+    pub received_at: i64,
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// The destination has it.
+    Delivered { response: Option<Reply> },
+    /// Worth trying again later (network error, timeout, 408, 429, 5xx,
+    /// broker unavailable). `retry_after` is the peer's own wish.
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will never work as it is (other 4xx, a refused document): the
+    /// delivery is dead-lettered, the original message kept.
+    Permanent { error: String },
+}
+
+/// A destination's answer, which can become a new message (request/reply).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reply {
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An outbound connector.
+pub trait Destination: Send + Sync + 'static {
+    /// Makes one attempt. Implementations bound the attempt with their own
+    /// timeout and never panic on what the peer answers.
+    fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome>;
+}
+
+/// A path into a decoded message (`order.order_id`), for the values a
+/// connector reads itself: business keys, routing keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldPath(Path);
+
+impl FieldPath {
+    /// Parses a path as written in mapping files.
+    pub fn parse(text: &str) -> Result<FieldPath, String> {
+        Path::parse(text).map(FieldPath).map_err(|(at, message)| {
+            format!("bad path \"{text}\" at character {}: {message}", at + 1)
+        })
+    }
+
+    /// The text of the value at this path, when it is a single value.
+    pub fn text(&self, value: &Value) -> Option<String> {
+        let v = self.0.resolve(value)?;
+        let t = v.scalar_text()?;
+        (!t.is_empty()).then(|| t.into_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.text)
+    }
+}
+
+/// Exponential backoff with full jitter: attempt 1 waits about `initial`,
+/// each next attempt up to twice as long, never more than `max`. The random
+/// part spreads retries of many deliveries that failed together.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).min(32);
+    let ceiling = initial.saturating_mul(1u32 << exp.min(31)).min(max);
+    // Half fixed, half random: never much shorter than the schedule.
+    let half = ceiling / 2;
+    let jitter = half.mul_f64(rand_unit());
+    half + jitter
+}
+
+/// A number in [0, 1) from the standard library's randomly seeded hasher:
+/// enough to spread retries, without a random-number dependency.
+fn rand_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_millis() as u64);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Unix time in milliseconds.
+pub fn now_millis() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 1..20 {
+            let d = backoff(attempt, i, m);
+            let ceiling = (i * 2u32.pow((attempt - 1).min(20))).min(m);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(30, i, m) <= m);
+    }
+
+    #[test]
+    fn field_paths_read_single_values() {
+        let v = crate::codec::json::decode(
+            br#"{"order": {"order_id": "GB-1", "n": 3, "e": ""}}"#,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            FieldPath::parse("order.order_id")
+                .unwrap()
+                .text(&v)
+                .as_deref(),
+            Some("GB-1")
+        );
+        assert_eq!(
+            FieldPath::parse("order.n").unwrap().text(&v).as_deref(),
+            Some("3")
+        );
+        assert_eq!(FieldPath::parse("order.e").unwrap().text(&v), None);
+        assert_eq!(FieldPath::parse("order").unwrap().text(&v), None);
+        assert!(FieldPath::parse("a..b").is_err());
+    }
+}

@@ -1,0 +1,548 @@
+//! The journal, the router and the dispatchers together, on a real SQLite
+//! file, with a scripted destination standing in for a peer.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nzela_core::journal::{Inspector, Journal, ListFilter, SqliteJournal};
+use nzela_core::mapping::{Condition, Mapping};
+use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, RetryPolicy};
+use nzela_core::runtime::router::{Route, Router, Wakeup};
+use nzela_core::runtime::{
+    BoxFuture, CancellationToken, Destination, Incoming, Intake, Outbound, Reply, SendOutcome,
+};
+
+const ORDER: &str = include_str!("../../mappings/tests/order-paid.json");
+
+fn mapping(name: &str) -> Arc<Mapping> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../mappings")
+        .join(name);
+    Arc::new(Mapping::load(&path).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn order(id: &str) -> Vec<u8> {
+    ORDER.replace("GB-2026-0001842", id).into_bytes()
+}
+
+fn incoming(id: &str) -> Incoming {
+    Incoming {
+        source: "orders".into(),
+        body: order(id),
+        content_type: Some("application/json".into()),
+        business_key: Some(id.into()),
+        ..Default::default()
+    }
+}
+
+/// A destination that answers from a script, then delivers; it records
+/// every attempt.
+#[derive(Default)]
+struct Scripted {
+    script: Mutex<VecDeque<SendOutcome>>,
+    seen: Mutex<Vec<Outbound>>,
+}
+
+impl Scripted {
+    fn with(script: Vec<SendOutcome>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            script: Mutex::new(script.into()),
+            seen: Mutex::default(),
+        })
+    }
+
+    fn seen(&self) -> Vec<Outbound> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Destination for Scripted {
+    fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
+        Box::pin(async move {
+            self.seen.lock().unwrap().push(out.clone());
+            self.script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(SendOutcome::Delivered {
+                    response: Some(Reply {
+                        body: b"{\"status\": \"ok\"}".to_vec(),
+                        content_type: Some("application/json".into()),
+                        headers: vec![],
+                    }),
+                })
+        })
+    }
+}
+
+fn transient(e: &str) -> SendOutcome {
+    SendOutcome::Transient {
+        error: e.into(),
+        retry_after: None,
+    }
+}
+
+fn settings(name: &str, max_attempts: u32) -> DispatchSettings {
+    DispatchSettings {
+        name: name.into(),
+        concurrency: 4,
+        attempt_timeout: Duration::from_secs(5),
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            max_age: None,
+        },
+        reply_to: None,
+    }
+}
+
+/// A running hub: the router and one dispatcher per destination.
+struct Hub {
+    journal: Arc<SqliteJournal>,
+    intake: Intake,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Hub {
+    fn start(
+        path: &Path,
+        routes: Vec<Route>,
+        destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
+    ) -> Hub {
+        let journal = Arc::new(SqliteJournal::open(path).unwrap());
+        let shutdown = CancellationToken::new();
+        let router_wakeup = Wakeup::default();
+        let dyn_journal: Arc<dyn Journal> = journal.clone();
+        let intake = Intake::new(dyn_journal.clone(), router_wakeup.clone(), shutdown.clone());
+        let mut wakeups = HashMap::new();
+        let mut tasks = Vec::new();
+        for (s, d) in destinations {
+            let w = Wakeup::default();
+            wakeups.insert(s.name.clone(), w.clone());
+            let dispatcher = Dispatcher::new(s, d, dyn_journal.clone(), w, intake.clone());
+            tasks.push(tokio::spawn(
+                dispatcher.run(shutdown.clone(), Duration::from_secs(2)),
+            ));
+        }
+        let router = Router::new(dyn_journal, routes, router_wakeup, wakeups);
+        tasks.push(tokio::spawn(router.run(shutdown.clone())));
+        Hub {
+            journal,
+            intake,
+            shutdown,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.journal.close().await;
+    }
+}
+
+fn route(name: &str, mapping_file: &str, to: &[&str]) -> Route {
+    Route {
+        name: name.into(),
+        from: vec!["orders".into()],
+        when: None,
+        mapping: mapping(mapping_file),
+        to: to.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Waits until `check` holds on the journal, or fails the test.
+async fn eventually(path: &Path, what: &str, check: impl Fn(&Inspector) -> bool) {
+    let inspector = Inspector::open(path).unwrap();
+    for _ in 0..400 {
+        if check(&inspector) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn count(i: &Inspector, state: &str) -> usize {
+    i.list(&ListFilter {
+        state: Some(state.into()),
+        limit: 100_000,
+        ..Default::default()
+    })
+    .unwrap()
+    .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_is_on_disk_when_accept_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let intake = intake.clone();
+        tasks.push(tokio::spawn(async move {
+            intake.accept(incoming(&format!("GB-{i}"))).await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert!(!a.duplicate);
+        ids.push(a.message_id);
+    }
+    // Group commit: concurrent accepts share transactions; all are kept.
+    drop(intake);
+    journal.close().await;
+    let reopened = SqliteJournal::open(&path).unwrap();
+    let stored = reopened.received(10_000).await.unwrap();
+    assert_eq!(stored.len(), 500);
+    for id in &ids {
+        assert!(stored.iter().any(|m| &m.id == id), "{id} lost");
+    }
+    assert_eq!(stored[0].source, "orders");
+    assert_eq!(stored[0].headers, Vec::<(String, String)>::new());
+}
+
+#[tokio::test]
+async fn a_resent_message_is_a_duplicate_of_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let first = intake.accept(incoming("GB-1")).await.unwrap();
+    let again = intake.accept(incoming("GB-1")).await.unwrap();
+    assert_eq!(again.message_id, first.message_id);
+    assert!(again.duplicate);
+    // An idempotency key wins over the business key.
+    let mut keyed = incoming("GB-1");
+    keyed.idempotency_key = Some("k-1".into());
+    let k1 = intake.accept(keyed.clone()).await.unwrap();
+    assert!(!k1.duplicate);
+    assert_eq!(
+        intake.accept(keyed).await.unwrap().message_id,
+        k1.message_id
+    );
+    // Another source with the same key is another message.
+    let mut other = incoming("GB-1");
+    other.source = "inbox".into();
+    assert!(!intake.accept(other).await.unwrap().duplicate);
+    assert_eq!(journal.received(100).await.unwrap().len(), 3);
+    let shown = Inspector::open(&path)
+        .unwrap()
+        .show(&first.message_id)
+        .unwrap();
+    assert!(
+        shown.events.iter().any(|e| e.kind == "duplicate"),
+        "{:?}",
+        shown.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_the_same_delivery_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![transient("HTTP 503"), transient("HTTP 503")]);
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 10), customs.clone())],
+    );
+    let accepted = hub.intake.accept(incoming("GB-7")).await.unwrap();
+    eventually(&path, "delivered", |i| count(i, "delivered") == 1).await;
+    let seen = customs.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|o| o.delivery_id == seen[0].delivery_id),
+        "the delivery id changed between attempts"
+    );
+    assert_eq!(
+        seen.iter().map(|o| o.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(seen[2].message_id, accepted.message_id);
+    assert_eq!(seen[2].business_key.as_deref(), Some("GB-7"));
+    assert_eq!(seen[2].extension, "xml");
+    let body = String::from_utf8(seen[2].body.clone()).unwrap();
+    assert!(
+        body.contains("<Commercial_reference_number>GB-7</Commercial_reference_number>"),
+        "{body}"
+    );
+    let detail = Inspector::open(&path)
+        .unwrap()
+        .show(&accepted.message_id)
+        .unwrap();
+    let kinds: Vec<&str> = detail.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "received",
+            "routed",
+            "mapped",
+            "attempt",
+            "retry_scheduled",
+            "attempt",
+            "retry_scheduled",
+            "attempt",
+            "delivered"
+        ]
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_are_dead_lettered_and_replayed_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![SendOutcome::Permanent {
+        error: "HTTP 400 Bad Request".into(),
+    }]);
+    let commerce = Scripted::with(vec![]);
+    let hub = Hub::start(
+        &path,
+        vec![
+            route(
+                "to_customs",
+                "marketplace-order-to-asycuda-export.yaml",
+                &["customs"],
+            ),
+            route(
+                "to_commerce",
+                "marketplace-order-to-ubl-order.yaml",
+                &["commerce"],
+            ),
+        ],
+        vec![
+            (settings("customs", 10), customs.clone()),
+            (settings("commerce", 10), commerce.clone()),
+        ],
+    );
+    let accepted = hub.intake.accept(incoming("GB-8")).await.unwrap();
+    eventually(&path, "one dead, one delivered", |i| {
+        count(i, "dead") == 1 && count(i, "delivered") == 1
+    })
+    .await;
+    // One destination failing held back nothing else.
+    assert_eq!(commerce.seen().len(), 1);
+    let inspector = Inspector::open(&path).unwrap();
+    let detail = inspector.show(&accepted.message_id).unwrap();
+    let dead = detail
+        .summary
+        .deliveries
+        .iter()
+        .find(|d| d.state == "dead")
+        .unwrap();
+    assert_eq!(dead.last_error.as_deref(), Some("HTTP 400 Bad Request"));
+    assert_eq!(dead.route, "to_customs");
+    // The peer is fixed (the script is empty now): a replay delivers.
+    let requeued = inspector.replay(&accepted.message_id).unwrap();
+    assert_eq!(requeued, std::slice::from_ref(&dead.id));
+    let id = accepted.message_id.clone();
+    eventually(&path, "replayed delivery delivered", move |i| {
+        i.show(&id)
+            .unwrap()
+            .summary
+            .deliveries
+            .iter()
+            .all(|d| d.state == "delivered")
+    })
+    .await;
+    let seen = customs.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].delivery_id, seen[1].delivery_id);
+    assert!(
+        inspector
+            .show(&accepted.message_id)
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| e.kind == "replayed")
+    );
+    // Nothing left to replay.
+    assert!(inspector.replay(&accepted.message_id).unwrap().is_empty());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_keeps_failing_is_dead_lettered_after_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with((0..10).map(|_| transient("connection refused")).collect());
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 3), customs.clone())],
+    );
+    hub.intake.accept(incoming("GB-9")).await.unwrap();
+    eventually(&path, "dead after 3 attempts", |i| count(i, "dead") == 1).await;
+    assert_eq!(customs.seen().len(), 3);
+    let list = Inspector::open(&path)
+        .unwrap()
+        .list(&ListFilter {
+            state: Some("dead".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let error = list[0].deliveries[0].last_error.clone().unwrap();
+    assert!(
+        error.starts_with("gave up after 3 attempts: connection refused"),
+        "{error}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapping_errors_dead_letter_and_unmatched_messages_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![]);
+    let mut only_paid = route(
+        "to_customs",
+        "marketplace-order-to-asycuda-export.yaml",
+        &["customs"],
+    );
+    only_paid.when = Some(Condition::compile("event == \"order.paid\"").unwrap());
+    let hub = Hub::start(
+        &path,
+        vec![only_paid],
+        vec![(settings("customs", 10), customs.clone())],
+    );
+    // No NIU: the declaration cannot be made.
+    let broken = ORDER
+        .replace("\"niu\": \"M2019110001234567\",", "")
+        .into_bytes();
+    let bad = hub
+        .intake
+        .accept(Incoming {
+            source: "orders".into(),
+            body: broken,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Not an order.paid event: no route applies.
+    let cancelled = ORDER.replace("order.paid", "order.cancelled").into_bytes();
+    let other = hub
+        .intake
+        .accept(Incoming {
+            source: "orders".into(),
+            body: cancelled,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually(&path, "dead and unrouted", |i| {
+        count(i, "dead") == 1 && count(i, "unrouted") == 1
+    })
+    .await;
+    assert!(customs.seen().is_empty());
+    let inspector = Inspector::open(&path).unwrap();
+    let bad = inspector.show(&bad.message_id).unwrap();
+    let error = bad.summary.deliveries[0].last_error.clone().unwrap();
+    assert!(
+        error.contains("required field order.seller.niu is missing"),
+        "{error}"
+    );
+    assert!(bad.events.iter().any(|e| e.kind == "mapping_failed"));
+    let other = inspector.show(&other.message_id).unwrap();
+    assert_eq!(other.summary.state, "unrouted");
+    // A mapping error cannot be replayed into success: there is no document.
+    assert!(inspector.replay(&bad.summary.id).unwrap().is_empty());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_stopped_run_are_due_at_once_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    {
+        // Route without dispatching, then lease the delivery and stop
+        // before its outcome: as a crash in the middle of an attempt.
+        let hub = Hub::start(
+            &path,
+            vec![route(
+                "to_customs",
+                "marketplace-order-to-asycuda-export.yaml",
+                &["customs"],
+            )],
+            vec![],
+        );
+        hub.intake.accept(incoming("GB-10")).await.unwrap();
+        eventually(&path, "routed", |i| count(i, "pending") == 1).await;
+        let leased = hub.journal.lease("customs", i64::MAX, 10).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].attempt, 1);
+        hub.stop().await;
+    }
+    let journal = SqliteJournal::open(&path).unwrap();
+    assert!(
+        journal
+            .lease("customs", i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "still leased"
+    );
+    assert_eq!(journal.release_leases().await.unwrap(), 1);
+    let again = journal
+        .lease("customs", nzela_core::runtime::now_millis(), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the released delivery is due now");
+    assert_eq!(again[0].attempt, 2);
+    journal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_becomes_a_new_correlated_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![]);
+    let mut s = settings("customs", 10);
+    s.reply_to = Some("customs_replies".into());
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(s, customs.clone())],
+    );
+    let accepted = hub.intake.accept(incoming("GB-11")).await.unwrap();
+    eventually(&path, "a reply message", |i| {
+        i.find(&accepted.message_id)
+            .map(|ids| ids.len())
+            .unwrap_or(0)
+            == 2
+    })
+    .await;
+    let inspector = Inspector::open(&path).unwrap();
+    let ids = inspector.find(&accepted.message_id).unwrap();
+    let reply = ids.iter().find(|id| **id != accepted.message_id).unwrap();
+    let reply = inspector.show(reply).unwrap();
+    assert_eq!(reply.summary.source, "customs_replies");
+    assert_eq!(
+        reply.correlation_id.as_deref(),
+        Some(accepted.message_id.as_str())
+    );
+    assert_eq!(reply.body, b"{\"status\": \"ok\"}");
+    hub.stop().await;
+}

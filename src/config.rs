@@ -1,0 +1,683 @@
+//! The configuration file: loading, secrets, and every check `nzela check`
+//! and `nzela run` make before anything starts.
+//!
+//! Loading never stops at the first problem: each section (a source, a
+//! destination, a route) is read on its own, every mapping is compiled,
+//! every reference checked, and all problems are returned together, each
+//! with the file, the line where it can be placed, and the key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nzela_connectors::{DestinationConfig, SourceConfig};
+use nzela_core::mapping::{Condition, Mapping};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// Environment variables override the file: `NZELA__JOURNAL__PATH` sets
+/// `journal.path` (prefix `NZELA`, levels separated by `__`).
+pub const ENV_PREFIX: &str = "NZELA";
+pub const ENV_SEPARATOR: &str = "__";
+
+const TOP_KEYS: &[&str] = &[
+    "journal",
+    "log",
+    "shutdown_timeout",
+    "sources",
+    "destinations",
+    "routes",
+];
+
+/// Where the journal is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// The SQLite file (created with its folder). Default `data/nzela.db`.
+    #[serde(default = "default_journal_path")]
+    pub path: PathBuf,
+}
+
+fn default_journal_path() -> PathBuf {
+    PathBuf::from("data/nzela.db")
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: default_journal_path(),
+        }
+    }
+}
+
+/// How nzela logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default, for people) or `json` (one object per line, for
+    /// log collectors).
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// Level or filter: `info` (default), `debug`, `warn`, or a filter such
+    /// as `info,nzela_core=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> String {
+    "text".to_owned()
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// A route: messages from some sources, through a mapping, to destinations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Source name(s) whose messages the route takes.
+    pub from: OneOrMany,
+    /// Optional condition on the message (an expression, as in mapping
+    /// files): the route applies only when it is true.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// The mapping file (relative to the folder nzela runs in).
+    pub mapping: PathBuf,
+    /// Destination name(s): one delivery each.
+    pub to: OneOrMany,
+}
+
+/// A name or a list of names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A configuration that passed every check, with its mappings compiled.
+pub struct Config {
+    pub journal: JournalConfig,
+    pub log: LogConfig,
+    /// How long a stop waits for work in flight.
+    pub shutdown_timeout: Duration,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Compiled mappings by their path as written.
+    pub mappings: HashMap<PathBuf, Arc<Mapping>>,
+    /// Compiled route conditions by route name.
+    pub conditions: HashMap<String, Condition>,
+    /// Things worth knowing that do not stop nzela (a source no route reads).
+    pub warnings: Vec<Problem>,
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// The line of the key, when the problem is about something in the file.
+    pub line: Option<usize>,
+    /// The key (`sources.marketplace_orders.listen`), when there is one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem of a configuration.
+#[derive(Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Loader<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Loader<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let line = line_of(self.text, key);
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            key: (!key.is_empty()).then(|| key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    fn warning(&mut self, key: &str, message: impl Into<String>) {
+        let line = line_of(self.text, key);
+        self.warnings.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            key: Some(key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    /// Reads one section; a problem names the field serde complained about
+    /// when it can be told.
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, key: &str, value: Json) -> Option<T> {
+        match serde_json::from_value::<T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let message = e.to_string();
+                let field = quoted_field(&message).map(|f| format!("{key}.{f}"));
+                let at = field
+                    .filter(|f| line_of(self.text, f).is_some())
+                    .unwrap_or_else(|| key.to_owned());
+                self.problem(&at, tidy_serde_message(&message));
+                None
+            }
+        }
+    }
+}
+
+/// Loads and checks the configuration file (with environment overrides).
+pub fn load(file: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Problems(vec![Problem {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the configuration: {e}"),
+        }])
+    })?;
+    let mut l = Loader {
+        file,
+        text: &text,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let merged = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize::<Json>());
+    let mut root = match merged {
+        Ok(v) => v,
+        Err(e) => {
+            // The TOML itself is broken: its parser says where.
+            let line = toml::de::DeTable::parse(&text)
+                .err()
+                .and_then(|e| e.span())
+                .map(|s| line_at(&text, s.start));
+            return Err(Problems(vec![Problem {
+                file: file.to_owned(),
+                line,
+                key: None,
+                message: e.to_string(),
+            }]));
+        }
+    };
+    resolve_secrets(&mut root, "", &mut l);
+    let Json::Object(mut top) = root else {
+        l.problem("", "the configuration must be a table of settings");
+        return Err(Problems(l.problems));
+    };
+    for key in top.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            let msg = format!(
+                "unknown setting `{key}`; the settings are: {}",
+                TOP_KEYS.join(", ")
+            );
+            l.problems.push(Problem {
+                file: file.to_owned(),
+                line: line_of(&text, key),
+                key: Some(key.clone()),
+                message: msg,
+            });
+        }
+    }
+    let journal = top
+        .remove("journal")
+        .map_or_else(
+            || Some(JournalConfig::default()),
+            |v| l.section("journal", v),
+        )
+        .unwrap_or_default();
+    let log = top
+        .remove("log")
+        .map_or_else(|| Some(LogConfig::default()), |v| l.section("log", v))
+        .unwrap_or_default();
+    if !matches!(log.format.as_str(), "text" | "json") {
+        l.problem(
+            "log.format",
+            format!("\"{}\" is not a log format: text or json", log.format),
+        );
+    }
+    let shutdown_timeout = match top.remove("shutdown_timeout") {
+        None => Duration::from_secs(10),
+        Some(v) => match nzela_connectors::common::parse_duration_value(&v) {
+            Ok(d) => d,
+            Err(e) => {
+                l.problem("shutdown_timeout", e);
+                Duration::from_secs(10)
+            }
+        },
+    };
+    let sources: BTreeMap<String, SourceConfig> = named_sections(&mut l, &mut top, "sources");
+    let destinations: BTreeMap<String, DestinationConfig> =
+        named_sections(&mut l, &mut top, "destinations");
+    let routes: BTreeMap<String, RouteConfig> = named_sections(&mut l, &mut top, "routes");
+    check_connectors(&mut l, &sources, &destinations);
+
+    // Reply sources: a destination's answers become messages from them.
+    let mut source_names: Vec<String> = sources.keys().cloned().collect();
+    for (name, d) in &destinations {
+        if let Some(reply) = d.dispatch_settings(name).reply_to {
+            if sources.contains_key(&reply) {
+                l.problem(&format!("destinations.{name}.reply_to"), format!("\"{reply}\" is already the name of a source; name the replies' source differently"));
+            }
+            source_names.push(reply);
+        }
+    }
+
+    let mut mappings: HashMap<PathBuf, Arc<Mapping>> = HashMap::new();
+    let mut conditions = HashMap::new();
+    let mut used_sources = Vec::new();
+    let mut used_destinations = Vec::new();
+    if routes.is_empty() {
+        l.warning(
+            "routes",
+            "no route is configured: messages are accepted and kept, but go nowhere",
+        );
+    }
+    for (name, route) in &routes {
+        for s in route.from.names() {
+            if !source_names.contains(&s) {
+                l.problem(
+                    &format!("routes.{name}.from"),
+                    format!("no source named \"{s}\" (sources: {})", list(&source_names)),
+                );
+            }
+            used_sources.push(s);
+        }
+        for d in route.to.names() {
+            if !destinations.contains_key(&d) {
+                let names: Vec<String> = destinations.keys().cloned().collect();
+                l.problem(
+                    &format!("routes.{name}.to"),
+                    format!(
+                        "no destination named \"{d}\" (destinations: {})",
+                        list(&names)
+                    ),
+                );
+            }
+            used_destinations.push(d);
+        }
+        if route.to.names().is_empty() {
+            l.problem(
+                &format!("routes.{name}.to"),
+                "a route needs at least one destination",
+            );
+        }
+        if let Some(when) = &route.when {
+            match Condition::compile(when) {
+                Ok(c) => {
+                    conditions.insert(name.clone(), c);
+                }
+                Err(e) => l.problem(&format!("routes.{name}.when"), e),
+            }
+        }
+        if !mappings.contains_key(&route.mapping) {
+            match Mapping::load(&route.mapping) {
+                Ok(m) => {
+                    mappings.insert(route.mapping.clone(), Arc::new(m));
+                }
+                Err(e) => {
+                    if e.diagnostics.len() == 1
+                        && e.diagnostics[0].message.starts_with("cannot read")
+                    {
+                        l.problem(
+                            &format!("routes.{name}.mapping"),
+                            format!("{}: {}", route.mapping.display(), e.diagnostics[0].message),
+                        );
+                    } else {
+                        l.problem(
+                            &format!("routes.{name}.mapping"),
+                            format!("the mapping {} has errors:", route.mapping.display()),
+                        );
+                        for d in &e.diagnostics {
+                            l.problems.push(Problem {
+                                file: e.file.clone(),
+                                line: Some(d.line),
+                                key: None,
+                                message: match &d.help {
+                                    Some(h) => {
+                                        format!("column {}: {} (help: {h})", d.column, d.message)
+                                    }
+                                    None => format!("column {}: {}", d.column, d.message),
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for name in sources.keys() {
+        if !used_sources.contains(name) {
+            l.warning(
+                &format!("sources.{name}"),
+                "no route reads this source: its messages are kept as unrouted",
+            );
+        }
+    }
+    for name in destinations.keys() {
+        if !used_destinations.contains(name) {
+            l.warning(
+                &format!("destinations.{name}"),
+                "no route sends to this destination",
+            );
+        }
+    }
+    if !l.problems.is_empty() {
+        return Err(Problems(l.problems));
+    }
+    Ok(Config {
+        journal,
+        log,
+        shutdown_timeout,
+        sources,
+        destinations,
+        routes,
+        mappings,
+        conditions,
+        warnings: l.warnings,
+    })
+}
+
+/// Reads `[<kind>.<name>]` sections one by one, so that every broken one
+/// is reported.
+fn named_sections<T: for<'de> Deserialize<'de>>(
+    l: &mut Loader<'_>,
+    top: &mut serde_json::Map<String, Json>,
+    kind: &str,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    match top.remove(kind) {
+        None => {}
+        Some(Json::Object(entries)) => {
+            for (name, value) in entries {
+                if !is_name(&name) {
+                    l.problem(
+                        &format!("{kind}.{name}"),
+                        format!("\"{name}\" cannot be a name: use letters, digits, '_' and '-'"),
+                    );
+                    continue;
+                }
+                if let Some(v) = l.section::<T>(&format!("{kind}.{name}"), value) {
+                    out.insert(name, v);
+                }
+            }
+        }
+        Some(_) => l.problem(
+            kind,
+            format!("`{kind}` is a table of named sections: [{kind}.NAME]"),
+        ),
+    }
+    out
+}
+
+fn check_connectors(
+    l: &mut Loader<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+    destinations: &BTreeMap<String, DestinationConfig>,
+) {
+    // Two HTTP endpoints on one address cannot share a path.
+    let mut endpoints: Vec<(String, String, String)> = Vec::new();
+    for (name, s) in sources {
+        if let SourceConfig::HttpServer(h) = s {
+            if let Some((other, _, _)) = endpoints
+                .iter()
+                .find(|(_, a, p)| *a == h.listen && *p == h.path)
+            {
+                l.problem(
+                    &format!("sources.{name}.path"),
+                    format!(
+                        "{} on {} is already the path of source \"{other}\"",
+                        h.path, h.listen
+                    ),
+                );
+            }
+            endpoints.push((name.clone(), h.listen.clone(), h.path.clone()));
+        }
+    }
+    // An inbox that is also an outbox would read back what it writes.
+    for (sname, s) in sources {
+        if let SourceConfig::File(fs) = s {
+            for (dname, d) in destinations {
+                if let DestinationConfig::File(fd) = d
+                    && fd.path == fs.path
+                {
+                    l.problem(
+                        &format!("destinations.{dname}.path"),
+                        format!(
+                            "{} is also the inbox of source \"{sname}\"",
+                            fd.path.display()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Replaces `${env:NAME}` and `${file:PATH}` in every string, so that
+/// secrets never need to be written in the file.
+fn resolve_secrets(v: &mut Json, key: &str, l: &mut Loader<'_>) {
+    match v {
+        Json::String(s) if s.contains("${") => match interpolate(s) {
+            Ok(r) => *s = r,
+            Err(e) => l.problem(key, e),
+        },
+        Json::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                resolve_secrets(item, &format!("{key}[{i}]"), l);
+            }
+        }
+        Json::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let child = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                resolve_secrets(item, &child, l);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `${env:NAME}` → the variable; `${file:PATH}` → the file's content
+/// without its final line break; `$${` → a literal `${`.
+pub fn interpolate(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find('}') else {
+            return Err(format!("\"{s}\": `${{` without its closing `}}`"));
+        };
+        let reference = &rest[i + 2..i + end];
+        let value = match reference.split_once(':') {
+            Some(("env", name)) => std::env::var(name)
+                .map_err(|_| format!("the environment variable {name} is not set"))?,
+            Some(("file", path)) => std::fs::read_to_string(path)
+                .map(|t| {
+                    t.strip_suffix('\n')
+                        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                        .unwrap_or(&t)
+                        .to_owned()
+                })
+                .map_err(|e| format!("cannot read the secret file {path}: {e}"))?,
+            _ => {
+                return Err(format!(
+                    "\"${{{reference}}}\": write ${{env:NAME}} or ${{file:PATH}}"
+                ));
+            }
+        };
+        out.push_str(&value);
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The field a serde message names in backquotes (`unknown field `listn``).
+fn quoted_field(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+fn tidy_serde_message(m: &str) -> String {
+    m.replace("unknown variant", "unknown type")
+        .replace("missing field", "missing setting")
+        .replace("unknown field", "unknown setting")
+}
+
+/// The 1-based line of `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line where a dotted key (`sources.x.listen`) is written, if it is.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut line = None;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part)?;
+        line = Some(line_at(text, k.span().start));
+        if i + 1 < parts.len() {
+            match v.get_ref() {
+                DeValue::Table(t) => table = t,
+                _ => return line,
+            }
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_on_their_lines() {
+        let text = "[journal]\npath = \"x\"\n\n[sources.orders]\ntype = \"file\"\npath = \"in\"\n";
+        assert_eq!(line_of(text, "journal.path"), Some(2));
+        assert_eq!(line_of(text, "sources.orders"), Some(4));
+        assert_eq!(line_of(text, "sources.orders.path"), Some(6));
+        assert_eq!(line_of(text, "sources.nope"), None);
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_files() {
+        // SAFETY of set_var: this test owns the variable name.
+        unsafe { std::env::set_var("NZELA_TEST_SECRET", "s3cret") };
+        assert_eq!(
+            interpolate("Bearer ${env:NZELA_TEST_SECRET}").unwrap(),
+            "Bearer s3cret"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "abc\n").unwrap();
+        assert_eq!(
+            interpolate(&format!("${{file:{}}}", f.display())).unwrap(),
+            "abc"
+        );
+        assert_eq!(
+            interpolate("literal $${env:X}").unwrap(),
+            "literal ${env:X}"
+        );
+        assert!(
+            interpolate("${env:NZELA_TEST_UNSET_VARIABLE}")
+                .unwrap_err()
+                .contains("is not set")
+        );
+        assert!(interpolate("${vault:x}").is_err());
+        assert!(interpolate("${env:X").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! `nzela run`: builds the hub from a checked configuration and runs it
+//! until SIGINT or SIGTERM.
+//!
+//! Start: the journal is opened (one daemon per journal, enforced with a
+//! lock file), deliveries left leased by a previous run are made due at
+//! once, then dispatchers, the router and the sources start, in that order,
+//! so that nothing is accepted before it can be carried.
+//!
+//! Stop: sources stop taking messages first (HTTP finishes the requests in
+//! flight), then the router and the dispatchers are given
+//! `shutdown_timeout` to finish what they hold, then the journal finishes
+//! its queue and closes. Whatever was not delivered is delivered after the
+//! next start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nzela_connectors::SourceConfig;
+use nzela_core::journal::{Journal, SqliteJournal};
+use nzela_core::runtime::dispatch::Dispatcher;
+use nzela_core::runtime::router::{Route, Router, Wakeup};
+use nzela_core::runtime::{CancellationToken, Intake};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+
+/// Runs the hub; returns when it has stopped.
+pub async fn run(mut config: Config) -> Result<(), String> {
+    let _lock = lock(&config)?;
+    let journal = SqliteJournal::open(&config.journal.path).map_err(|e| e.to_string())?;
+    let journal: Arc<dyn Journal> = Arc::new(journal);
+    let released = journal.release_leases().await.map_err(|e| e.to_string())?;
+    if released > 0 {
+        tracing::info!(
+            deliveries = released,
+            "deliveries interrupted by the last stop are due again"
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let router_wakeup = Wakeup::default();
+    let intake = Intake::new(journal.clone(), router_wakeup.clone(), shutdown.clone());
+
+    // Dispatchers first: one per destination.
+    let mut workers = JoinSet::new();
+    let mut dispatch_wakeups = HashMap::new();
+    let drain = shutdown.child_token();
+    for (name, d) in &config.destinations {
+        let destination = nzela_connectors::build_destination(name, d)
+            .await
+            .map_err(|e| format!("destination {name}: {e}"))?;
+        let wakeup = Wakeup::default();
+        dispatch_wakeups.insert(name.clone(), wakeup.clone());
+        let dispatcher = Dispatcher::new(
+            d.dispatch_settings(name),
+            destination,
+            journal.clone(),
+            wakeup,
+            intake.clone(),
+        );
+        let grace = config.shutdown_timeout;
+        workers.spawn(dispatcher.run(drain.clone(), grace));
+    }
+
+    let routes = build_routes(&mut config);
+    let router = Router::new(journal.clone(), routes, router_wakeup, dispatch_wakeups);
+    workers.spawn(router.run(drain.clone()));
+
+    // Sources last. HTTP endpoints that share an address share a server.
+    let mut sources = JoinSet::new();
+    let mut by_address: BTreeMap<String, Vec<(String, nzela_connectors::http_server::Config)>> =
+        BTreeMap::new();
+    for (name, s) in &config.sources {
+        match s {
+            SourceConfig::HttpServer(h) => by_address
+                .entry(h.listen.clone())
+                .or_default()
+                .push((name.clone(), h.clone())),
+            other => {
+                let source = nzela_connectors::build_source(name, other)
+                    .await
+                    .map_err(|e| format!("source {name}: {e}"))?;
+                sources.spawn(source.run(intake.clone(), shutdown.clone()));
+            }
+        }
+    }
+    for (address, endpoints) in by_address {
+        let server = nzela_connectors::http_server::HttpServer::bind(&address, endpoints).await?;
+        tracing::info!(address = %server.local_addr(), "listening");
+        sources.spawn(server.run(intake.clone(), shutdown.clone()));
+    }
+    tracing::info!(
+        journal = %config.journal.path.display(),
+        sources = config.sources.len(),
+        destinations = config.destinations.len(),
+        routes = config.routes.len(),
+        "nzela is running"
+    );
+
+    wait_for_signal().await;
+    tracing::info!("stopping: no new messages; finishing the work in flight");
+    shutdown.cancel();
+    let stop = config.shutdown_timeout;
+    if tokio::time::timeout(stop, async { while sources.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("sources did not stop in time");
+        sources.abort_all();
+    }
+    // Dispatchers bound their own drain by the same timeout.
+    if tokio::time::timeout(stop + Duration::from_secs(2), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "routing and delivery did not stop in time; the rest is done at the next start"
+        );
+        workers.abort_all();
+    }
+    journal.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The routes, with the mappings and conditions compiled by the check.
+fn build_routes(config: &mut Config) -> Vec<Route> {
+    let mut conditions = std::mem::take(&mut config.conditions);
+    config
+        .routes
+        .iter()
+        .filter_map(|(name, r)| {
+            Some(Route {
+                name: name.clone(),
+                from: r.from.names(),
+                when: conditions.remove(name),
+                mapping: config.mappings.get(&r.mapping)?.clone(),
+                to: r.to.names(),
+            })
+        })
+        .collect()
+}
+
+/// One daemon per journal: a second one would break the journal's
+/// single-writer invariant (and release the first one's leases).
+fn lock(config: &Config) -> Result<File, String> {
+    let path = config.journal.path.with_extension("lock");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another nzela is running on the journal {} (it holds {})",
+            config.journal.path.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
