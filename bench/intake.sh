@@ -49,7 +49,7 @@ while [ "$(count customs)" -lt "$want" ] || [ "$(count commerce)" -lt "$want" ];
   if ! kill -0 "$pid" 2>/dev/null; then echo "nzela died" >&2; cat "$work/nzela.log" >&2; exit 1; fi
 done
 end=$(date +%s.%N)
-echo "outputs: $(count customs) declarations and $(count commerce) UBL orders in $(echo "$end - $start" | bc) s" \
-     "= $(echo "2 * $want / ($end - $start)" | bc) documents/s"
+awk -v s="$start" -v e="$end" -v n="$want" -v c="$(count customs)" -v u="$(count commerce)" \
+  'BEGIN { printf "outputs: %d declarations and %d UBL orders in %.1f s = %.0f documents/s (%.0f orders/s)\n", c, u, e - s, 2 * n / (e - s), n / (e - s) }'
 echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
 kill -TERM "$pid"; wait "$pid" || true
