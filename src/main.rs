@@ -72,8 +72,8 @@ enum Command {
 enum MessagesCommand {
     /// List messages, newest first.
     List {
-        /// Only messages with a delivery in this state (or unrouted messages).
-        #[arg(long, value_parser = ["dead", "pending", "delivered", "unrouted", "received"])]
+        /// Only messages with a delivery in this state (or unrouted, received or rejected messages).
+        #[arg(long, value_parser = ["dead", "pending", "delivered", "unrouted", "received", "rejected"])]
         state: Option<String>,
         /// Only messages with a delivery on this route.
         #[arg(long)]

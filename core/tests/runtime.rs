@@ -246,6 +246,44 @@ async fn a_resent_message_is_a_duplicate_of_the_first() {
     );
 }
 
+#[tokio::test]
+async fn a_refused_message_is_kept_with_its_reason_and_never_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let mut bad = incoming("GB-9");
+    bad.body = b"{\"order\": ".to_vec();
+    bad.idempotency_key = Some("m-9".into());
+    let id = intake
+        .reject(bad.clone(), "line 1, column 11: unexpected end of input")
+        .await
+        .unwrap();
+    // Not routed, and not a duplicate key: a corrected resend is taken in.
+    assert!(journal.received(100).await.unwrap().is_empty());
+    let mut fixed = incoming("GB-9");
+    fixed.idempotency_key = Some("m-9".into());
+    assert!(!intake.accept(fixed).await.unwrap().duplicate);
+    let inspector = Inspector::open(&path).unwrap();
+    let rejected = inspector
+        .list(&ListFilter {
+            state: Some("rejected".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].id, id);
+    let shown = inspector.show(&id).unwrap();
+    assert_eq!(shown.body, bad.body);
+    assert!(
+        shown.events.iter().any(|e| e.kind == "rejected"
+            && e.detail.as_deref().is_some_and(|d| d.contains("column 11"))),
+        "{:?}",
+        shown.events
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_the_same_delivery_id() {
     let dir = tempfile::tempdir().unwrap();

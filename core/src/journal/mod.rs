@@ -7,7 +7,9 @@
 //!
 //! - a **message**: what a source received (raw body, headers, source, ids,
 //!   time), and its state: `received` (committed, not yet routed), `routed`
-//!   (its deliveries exist) or `unrouted` (no route matched: kept, not lost);
+//!   (its deliveries exist), `unrouted` (no route matched: kept, not lost)
+//!   or `rejected` (a source could not decode it and refused it to its
+//!   sender, e.g. to a dead-letter exchange: kept with the reason);
 //! - a **delivery**: one route's mapped document for one destination, with
 //!   its state — `pending` (due at `next_attempt_at`), `inflight` (leased by
 //!   a dispatcher), `delivered` or `dead` — its attempt count and last error;
@@ -199,6 +201,14 @@ pub trait Journal: Send + Sync + 'static {
     /// Takes custody of a message; returns once the commit is on disk.
     fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>>;
 
+    /// Keeps a message a source refused (it does not decode), with the
+    /// reason, so that it can be found; it is never routed. Returns its id
+    /// once the commit is on disk.
+    fn reject(
+        &self,
+        message: NewMessage,
+        reason: String,
+    ) -> BoxFuture<'_, Result<String, JournalError>>;
     /// Messages committed but not routed yet, oldest first.
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>>;
 
@@ -243,6 +253,7 @@ pub enum MessageState {
     Received,
     Routed,
     Unrouted,
+    Rejected,
 }
 
 impl MessageState {
@@ -251,6 +262,7 @@ impl MessageState {
             MessageState::Received => "received",
             MessageState::Routed => "routed",
             MessageState::Unrouted => "unrouted",
+            MessageState::Rejected => "rejected",
         }
     }
 }

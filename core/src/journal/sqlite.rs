@@ -75,6 +75,7 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
 enum Op {
     Accept(NewMessage, Reply<Accepted>),
+    Reject(NewMessage, String, Reply<String>),
     Route(Vec<Routing>, Reply<()>),
     Lease {
         destination: String,
@@ -191,6 +192,14 @@ impl Journal for SqliteJournal {
         Box::pin(self.request(|r| Op::Accept(message, r)))
     }
 
+    fn reject(
+        &self,
+        message: NewMessage,
+        reason: String,
+    ) -> BoxFuture<'_, Result<String, JournalError>> {
+        Box::pin(self.request(|r| Op::Reject(message, reason, r)))
+    }
+
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
         Box::pin(self.read(move |c| {
             let mut stmt = c
@@ -300,6 +309,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
 /// A request's answer, sent only once its transaction is committed.
 enum Answer {
     Accepted(Reply<Accepted>, Result<Accepted, JournalError>),
+    Id(Reply<String>, Result<String, JournalError>),
     Unit(Reply<()>, Result<(), JournalError>),
     Leased(Reply<Vec<Leased>>, Result<Vec<Leased>, JournalError>),
     Count(Reply<usize>, Result<usize, JournalError>),
@@ -309,6 +319,7 @@ impl Answer {
     fn send(self) {
         match self {
             Answer::Accepted(r, v) => drop(r.send(v)),
+            Answer::Id(r, v) => drop(r.send(v)),
             Answer::Unit(r, v) => drop(r.send(v)),
             Answer::Leased(r, v) => drop(r.send(v)),
             Answer::Count(r, v) => drop(r.send(v)),
@@ -318,6 +329,7 @@ impl Answer {
     fn fail(self, e: &JournalError) {
         match self {
             Answer::Accepted(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Id(r, _) => drop(r.send(Err(e.clone()))),
             Answer::Unit(r, _) => drop(r.send(Err(e.clone()))),
             Answer::Leased(r, _) => drop(r.send(Err(e.clone()))),
             Answer::Count(r, _) => drop(r.send(Err(e.clone()))),
@@ -337,6 +349,10 @@ fn apply(conn: &mut Connection, batch: &mut Vec<Op>) -> Option<oneshot::Sender<(
                 Op::Accept(m, reply) => {
                     let r = accept(&tx, &m, now)?;
                     answers.push(Answer::Accepted(reply, Ok(r)));
+                }
+                Op::Reject(m, reason, reply) => {
+                    reject(&tx, &m, &reason, now)?;
+                    answers.push(Answer::Id(reply, Ok(m.id)));
                 }
                 Op::Route(routings, reply) => {
                     for r in &routings {
@@ -448,6 +464,31 @@ fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, ru
         message_id: m.id.clone(),
         duplicate: false,
     })
+}
+
+/// Keeps a message that could not be taken in (it does not decode), with
+/// why: never routed, never a duplicate of anything.
+fn reject(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    reason: &str,
+    now: i64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO messages (id, source, received_at, content_type, headers, body, correlation_id, business_key, dedup_key, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 'rejected')",
+    )?
+    .execute(params![
+        m.id,
+        m.source,
+        m.received_at,
+        m.content_type,
+        headers_to_json(&m.headers),
+        m.body,
+        m.correlation_id,
+        m.business_key,
+    ])?;
+    event(tx, &m.id, None, now, "rejected", reason)
 }
 
 fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<(), rusqlite::Error> {
@@ -789,12 +830,16 @@ impl Inspector {
                 sql.push_str(" AND m.state = 'received'");
                 None
             }
+            Some("rejected") => {
+                sql.push_str(" AND m.state = 'rejected'");
+                None
+            }
             Some("pending") => Some("d.state IN ('pending', 'inflight')"),
             Some("dead") => Some("d.state = 'dead'"),
             Some("delivered") => Some("d.state = 'delivered'"),
             Some(other) => {
                 return Err(JournalError::NotFound(format!(
-                    "unknown state \"{other}\": expected dead, pending, delivered, unrouted or received"
+                    "unknown state \"{other}\": expected dead, pending, delivered, unrouted, received or rejected"
                 )));
             }
             None => None,

@@ -125,6 +125,21 @@ impl Intake {
         Ok(accepted)
     }
 
+    /// Keeps a message the source refuses (its body does not decode as the
+    /// declared format) in the journal with `reason`, for operators to
+    /// find; it is never routed. Returns its id once committed.
+    pub async fn reject(&self, incoming: Incoming, reason: &str) -> Result<String, IntakeError> {
+        let mut message = NewMessage::from(incoming);
+        message.dedup_key = None;
+        self.journal
+            .reject(message, reason.to_owned())
+            .await
+            .map_err(|e| match e {
+                JournalError::Closed => IntakeError::ShuttingDown,
+                other => IntakeError::Unavailable(other.to_string()),
+            })
+    }
+
     /// Cancelled when the hub stops: sources stop taking new messages.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
