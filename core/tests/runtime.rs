@@ -329,11 +329,8 @@ async fn transient_failures_are_retried_with_the_same_delivery_id() {
             "received",
             "routed",
             "mapped",
-            "attempt",
             "retry_scheduled",
-            "attempt",
             "retry_scheduled",
-            "attempt",
             "delivered"
         ]
     );

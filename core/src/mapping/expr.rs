@@ -31,6 +31,7 @@ use rhai::{
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use super::arith::Arith;
 use super::lookup::LookupTable;
 use super::numfmt::NumFormat;
 use crate::value::{Map, Number, Str, Value, parse_decimal_text};
@@ -74,6 +75,8 @@ pub(crate) struct Expr {
     /// same expression on the same item then gives the same value, and is
     /// computed once per message. Equal texts share one id.
     pub memo: Option<usize>,
+    /// The same expression as native arithmetic, when it is in that subset.
+    arith: Option<Arith>,
 }
 
 /// An expression that does not compile: 1-based line and column inside the
@@ -98,11 +101,18 @@ impl Expr {
         loop {
             match engine.compile_expression_with_scope(&scope, text) {
                 Ok(ast) => {
+                    // Numbers come only from fields and declared values.
+                    let arith = Arith::compile(text, &|name| {
+                        bindings.iter().position(|(n, b)| {
+                            n == name && matches!(b, Binding::Field | Binding::Slot(_))
+                        })
+                    });
                     return Ok(Expr {
                         text: text.to_owned(),
                         ast,
                         bindings,
                         memo: None,
+                        arith,
                     });
                 }
                 Err(e) => {
@@ -144,6 +154,16 @@ impl Expr {
         engine: &Engine,
         bind: &mut dyn FnMut(&str, &Binding) -> Option<Dynamic>,
     ) -> Result<Value, String> {
+        if let Some(arith) = &self.arith {
+            let result = arith.eval(&mut |i| {
+                let (name, binding) = &self.bindings[i];
+                bind(name, binding)?.as_decimal().ok()
+            });
+            if let Some(x) = result {
+                return Ok(Value::Number(Number::from_decimal(x)));
+            }
+            // Missing, not a number, or overflow: rhai says which.
+        }
         let mut scope = Scope::new();
         let mut missing: Vec<&str> = Vec::new();
         for (name, binding) in &self.bindings {
@@ -851,6 +871,97 @@ mod tests {
 
     fn num(s: &str) -> Value {
         Value::Number(Number::parse(s).unwrap())
+    }
+
+    /// Runs `text` twice, with and without the native arithmetic path.
+    fn both(
+        text: &str,
+        fields: &[(&str, Value)],
+    ) -> (bool, Result<Value, String>, Result<Value, String>) {
+        let e = engine(Arc::new(Vec::new()));
+        let visible = Visible {
+            vars: &[],
+            in_group: true,
+        };
+        let mut x =
+            Expr::compile(&e, text, &visible).unwrap_or_else(|c| panic!("{text}: {}", c.message));
+        let mut bind = |name: &str, _: &Binding| {
+            fields
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| to_dynamic(v))
+        };
+        let native = x.arith.is_some();
+        let fast = x.eval(&e, &mut bind);
+        x.arith = None;
+        let slow = x.eval(&e, &mut bind);
+        (native, fast, slow)
+    }
+
+    fn arith_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("c".to_owned())
+        ];
+        leaf.prop_recursive(4, 24, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("{x} + {y}")),
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("{x} - {y}")),
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("{x} * {y}")),
+                inner.clone().prop_map(|x| format!("-({x})")),
+                inner.clone().prop_map(|x| format!("({x})")),
+                (inner, 0u32..6).prop_map(|(x, dp)| format!("round({x}, {dp})")),
+            ]
+        })
+    }
+
+    fn field_value() -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-1_000_000i64..1_000_000, 0u32..5)
+                .prop_map(|(m, s)| Some(Value::Number(Number::from_decimal(Decimal::new(m, s))))),
+            (-1_000_000i64..1_000_000, 0u32..4)
+                .prop_map(|(m, s)| Some(Value::from(Decimal::new(m, s).to_string()))),
+            Just(Some(Value::Number(Number::from_decimal(Decimal::MAX)))),
+            Just(Some(Value::from("n/a"))),
+            Just(Some(Value::from("090111"))),
+            Just(None),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn native_arithmetic_agrees_with_rhai(
+            text in arith_text(),
+            a in field_value(),
+            b in field_value(),
+            c in field_value(),
+        ) {
+            let fields: Vec<(&str, Value)> = [("a", a), ("b", b), ("c", c)]
+                .into_iter()
+                .filter_map(|(n, v)| v.map(|v| (n, v)))
+                .collect();
+            let (native, fast, slow) = both(&text, &fields);
+            proptest::prop_assert!(native, "{} is in the native subset", text);
+            proptest::prop_assert_eq!(fast, slow, "{}", text);
+        }
+    }
+
+    #[test]
+    fn the_shipped_item_amount_runs_natively_with_rhai_errors() {
+        let f = [
+            ("unit_price", Value::from("185.505")),
+            ("quantity", Value::from(3)),
+        ];
+        let (native, fast, slow) = both("round(unit_price * quantity, 2)", &f);
+        assert!(native);
+        assert_eq!(fast, Ok(num("556.52")));
+        assert_eq!(fast, slow);
+        let (_, fast, slow) = both("round(unit_price * quantity, 2)", &f[..1]);
+        assert_eq!(fast, slow);
+        assert!(fast.unwrap_err().contains("quantity"));
     }
 
     #[test]

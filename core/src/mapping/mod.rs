@@ -10,6 +10,7 @@
 //! - `path`, `expr`, `lookup`, `numfmt`: the pieces a field is made of;
 //! - `testing`: the `tests:` of a mapping file, compared structurally.
 
+mod arith;
 mod compile;
 mod expr;
 mod lookup;
