@@ -1,9 +1,12 @@
 //! Helpers shared by the end-to-end tests: running the real `nzela` binary,
 //! validating XML with `xmllint`, reading text back out of XML, and exact
-//! decimal arithmetic on amounts written as text.
+//! decimal arithmetic on amounts written as text; in [`daemon`], running
+//! `nzela run` with an HTTP client and a scripted HTTP peer.
 //!
 //! Each test crate uses only some of them.
 #![allow(dead_code)]
+
+pub mod daemon;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

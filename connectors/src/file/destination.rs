@@ -59,8 +59,8 @@ impl FileDestination {
         match written {
             Ok(Ok(path)) => {
                 tracing::debug!(
-                    destination = %self.name, message_id = %out.message_id, delivery_id = %out.delivery_id,
-                    file = %path.display(), "written"
+                    message_id = %out.message_id, route = %out.route, destination = %self.name,
+                    delivery_id = %out.delivery_id, file = %path.display(), "written"
                 );
                 SendOutcome::Delivered { response: None }
             }

@@ -234,8 +234,8 @@ impl HttpClient {
                 },
                 Ok(Body::Cut(_)) => {
                     tracing::warn!(
-                        destination = %self.name, message_id = %out.message_id, delivery_id = %out.delivery_id,
-                        "the answer is over {MAX_REPLY} bytes: delivered, but the answer is not kept"
+                        message_id = %out.message_id, route = %out.route, destination = %self.name,
+                        delivery_id = %out.delivery_id, "the answer is over {MAX_REPLY} bytes: delivered, but the answer is not kept"
                     );
                     SendOutcome::Delivered { response: None }
                 }

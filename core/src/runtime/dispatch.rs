@@ -244,7 +244,7 @@ impl Dispatcher {
         match self.intake.accept(incoming).await {
             Ok(a) => format!("reply accepted as message {}", a.message_id),
             Err(e) => {
-                tracing::error!(message_id = %out.message_id, delivery_id = %out.delivery_id, error = %e, "the reply could not be journaled");
+                tracing::error!(message_id = %out.message_id, route = %out.route, destination = %out.destination, delivery_id = %out.delivery_id, error = %e, "the reply could not be journaled");
                 format!("reply lost: {e}")
             }
         }
