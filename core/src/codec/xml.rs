@@ -964,12 +964,12 @@ impl<'a> Writer<'a> {
         inline: bool,
         declarations: &'a [(String, String)],
     ) -> Result<(), EncodeError> {
-        if !is_name(name) {
+        let Some(prefixed) = name_prefixed(name) else {
             return Err(self.error(format!(
                 "\"{name}\" is not a valid XML element name: expected letters, digits, '_', '-', \
                  '.' and an optional 'prefix:', not starting with a digit, '-' or '.'"
             )));
-        }
+        };
         let scope_len = self.scope.len();
         self.out.push(b'<');
         self.out.extend_from_slice(name.as_bytes());
@@ -985,13 +985,15 @@ impl<'a> Writer<'a> {
             self.out.push(b'"');
         }
         let result = match value {
-            Value::Object(map) => self.object(name, map, level, inline, declarations),
+            Value::Object(map) => self.object(name, prefixed, map, level, inline, declarations),
             Value::Array(_) => Err(self.error(
                 "a list inside a list cannot be written as XML: each item of a list is one element"
                     .to_owned(),
             )),
             scalar => {
-                self.check_prefix(name, "element")?;
+                if prefixed {
+                    self.check_prefix(name, "element")?;
+                }
                 match scalar.scalar_text() {
                     Some(text) if !text.is_empty() => {
                         self.out.push(b'>');
@@ -1010,6 +1012,7 @@ impl<'a> Writer<'a> {
     fn object(
         &mut self,
         name: &'a str,
+        prefixed: bool,
         map: &'a Map,
         level: usize,
         inline: bool,
@@ -1043,7 +1046,9 @@ impl<'a> Writer<'a> {
         }
         // Checked once every attribute is written, as an `@xmlns:p` attribute
         // declares `p` for the element itself.
-        self.check_prefix(name, "element")?;
+        if prefixed {
+            self.check_prefix(name, "element")?;
+        }
         if prefixed_attributes {
             for key in map.keys() {
                 if let Some(attr) = key.strip_prefix('@')
@@ -1098,7 +1103,7 @@ impl<'a> Writer<'a> {
         value: &Value,
         declarations: &[(String, String)],
     ) -> Result<(), EncodeError> {
-        if !is_name(name) {
+        if name_prefixed(name).is_none() {
             return Err(self.error(format!(
                 "\"@{name}\" is not a valid XML attribute name: expected '@' then letters, \
                  digits, '_', '-', '.' and an optional 'prefix:', not starting with a digit, '-' \
@@ -1252,33 +1257,47 @@ fn describe_root(v: &Value) -> String {
     }
 }
 
+/// Byte classes of plain ASCII names: bit 0, may start a name; bit 1, may
+/// be in a name. Colons and non-ASCII bytes are 0 (the careful path).
+static NAME_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphabetic() || c == b'_' {
+            3
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
 /// A name the writer accepts: an optional prefix and a local name, each of
 /// letters, digits, `_`, `-` and `.`, not starting with a digit, `-` or `.`.
-fn is_name(name: &str) -> bool {
-    // Names are checked for every element written: plain ASCII names, by
-    // far the most common, are checked byte by byte.
-    if name.is_ascii() {
-        let mut at_start = true;
-        let mut colons = 0;
-        for &c in name.as_bytes() {
-            match c {
-                b'a'..=b'z' | b'A'..=b'Z' | b'_' => {}
-                b'0'..=b'9' | b'-' | b'.' if !at_start => {}
-                b':' if !at_start && colons == 0 => {
-                    colons += 1;
-                    at_start = true;
-                    continue;
-                }
-                _ => return false,
-            }
-            at_start = false;
-        }
-        return !at_start;
+/// `None` when `name` is not one; otherwise whether it has a prefix.
+fn name_prefixed(name: &str) -> Option<bool> {
+    // Names are checked for every element written: plain ASCII names
+    // without a prefix, by far the most common, with one table look-up per
+    // byte.
+    let b = name.as_bytes();
+    if b.first().is_some_and(|&c| NAME_BYTES[c as usize] & 1 != 0)
+        && b.iter().all(|&c| NAME_BYTES[c as usize] & 2 != 0)
+    {
+        return Some(false);
     }
     match name.split_once(':') {
-        Some((prefix, local)) => is_ncname(prefix) && is_ncname(local),
-        None => is_ncname(name),
+        Some((prefix, local)) => (is_ncname(prefix) && is_ncname(local)).then_some(true),
+        None => is_ncname(name).then_some(false),
     }
+}
+
+#[cfg(test)]
+fn is_name(name: &str) -> bool {
+    name_prefixed(name).is_some()
 }
 
 fn is_ncname(s: &str) -> bool {
