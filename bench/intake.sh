@@ -4,6 +4,7 @@
 # written to their outboxes.
 #
 #   bench/intake.sh [SECONDS] [CONNECTIONS]
+#   INTAKE_ONLY=1 bench/intake.sh ...   # no routes: the 202 rate alone
 #
 # Needs wrk (Debian: apt-get install wrk). Prints the rate of 202 answers
 # (every one backed by a committed, fsync'ed journal write), the rate at
@@ -18,6 +19,7 @@ PORT=${PORT:-18080}
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/nzela
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -25,7 +27,13 @@ sed -e "s|127.0.0.1:8080|127.0.0.1:$PORT|" \
     -e "s|data/|$work/data/|g" \
     -e 's|level = "info"|level = "warn"|' \
     config/nzela.toml > "$work/nzela.toml"
-target/release/nzela run --config "$work/nzela.toml" 2> "$work/nzela.log" &
+if [ -n "${INTAKE_ONLY:-}" ]; then
+  # Keep sources and destinations, drop the routes: every order is
+  # committed and kept as unrouted.
+  awk '/^\[routes\./ { skip = 1 } /^\[(sources|destinations)\./ { skip = 0 } !skip' \
+    "$work/nzela.toml" > "$work/intake.toml" && mv "$work/intake.toml" "$work/nzela.toml"
+fi
+"$bin" run --config "$work/nzela.toml" 2> "$work/nzela.log" &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 
@@ -42,6 +50,10 @@ accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")
 echo "accepted (202): $((accepted - refused)) of $accepted requests"
 
+if [ -n "${INTAKE_ONLY:-}" ]; then
+  echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
+  exit 0
+fi
 # Wait until every accepted order has both documents.
 want=$((accepted - refused))
 while [ "$(count customs)" -lt "$want" ] || [ "$(count commerce)" -lt "$want" ]; do
