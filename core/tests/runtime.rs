@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nzela_core::journal::{Inspector, Journal, ListFilter, SqliteJournal};
+use nzela_core::journal::{Inspector, Journal, JournalOptions, ListFilter, SqliteJournal};
 use nzela_core::mapping::{Condition, Mapping};
 use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, RetryPolicy};
 use nzela_core::runtime::router::{Route, Router, Wakeup};
 use nzela_core::runtime::{
-    BoxFuture, CancellationToken, Destination, Incoming, Intake, Outbound, Reply, SendOutcome,
+    BoxFuture, CancellationToken, Destination, Incoming, Intake, IntakeError, Outbound, Reply,
+    SendOutcome,
 };
 
 const ORDER: &str = include_str!("../../mappings/tests/order-paid.json");
@@ -244,6 +245,60 @@ async fn a_resent_message_is_a_duplicate_of_the_first() {
         "{:?}",
         shown.events
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_refuses_messages_and_keeps_everything_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    // Room for the schema and a few dozen 8 KB messages: then it is full,
+    // as a full disk would be.
+    let options = JournalOptions {
+        max_size: Some(512 * 1024),
+    };
+    let journal = Arc::new(SqliteJournal::open_with(&path, &options).unwrap());
+    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let big = |i: usize| {
+        let mut m = incoming(&format!("GB-{i}"));
+        m.body.resize(8 * 1024, b' ');
+        m
+    };
+    let mut acknowledged = Vec::new();
+    let mut i = 0;
+    let refusal = loop {
+        assert!(i < 1_000, "the journal never filled up");
+        match intake.accept(big(i)).await {
+            Ok(a) => acknowledged.push(a.message_id),
+            Err(e) => break e,
+        }
+        i += 1;
+    };
+    assert!(
+        matches!(&refusal, IntakeError::Unavailable(e) if e.contains("full")),
+        "{refusal:?}"
+    );
+    assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+    // Full stays full: concurrent senders, committed together or not, are
+    // all refused; none is half-stored.
+    let mut tasks = Vec::new();
+    for j in 0..50 {
+        let intake = intake.clone();
+        tasks.push(tokio::spawn(async move { intake.accept(big(10_000 + j)).await }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(IntakeError::Unavailable(_))));
+    }
+    drop(intake);
+    journal.close().await;
+    let reopened = SqliteJournal::open(&path).unwrap();
+    let stored: Vec<String> = reopened
+        .received(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored, acknowledged);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nzela_core::journal::{Inspector, Journal, ListFilter, SqliteJournal};
+use nzela_core::journal::{Inspector, Journal, JournalOptions, ListFilter, SqliteJournal};
 use nzela_core::runtime::router::Wakeup;
 use nzela_core::runtime::{CancellationToken, Intake};
 use serde_json::{Value as Json, json};
@@ -45,9 +45,13 @@ fn orders() -> Config {
 }
 
 async fn start(endpoints: Vec<(&str, Config)>) -> Hub {
+    start_with(endpoints, JournalOptions::default()).await
+}
+
+async fn start_with(endpoints: Vec<(&str, Config)>, options: JournalOptions) -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.db");
-    let journal = Arc::new(SqliteJournal::open(&db).unwrap());
+    let journal = Arc::new(SqliteJournal::open_with(&db, &options).unwrap());
     let intake = Intake::new(
         journal.clone() as Arc<dyn Journal>,
         Wakeup::default(),
@@ -406,6 +410,31 @@ async fn a_closed_journal_is_503_with_retry_after() {
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.header("retry-after"), Some("5"));
     assert!(!a.error().is_empty());
+}
+
+#[tokio::test]
+async fn a_full_journal_is_503_and_keeps_nothing_of_the_refused_message() {
+    let options = JournalOptions {
+        max_size: Some(256 * 1024),
+    };
+    let hub = start_with(vec![("orders", orders())], options).await;
+    let padding = " ".repeat(16 * 1024);
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 1_000, "the journal never filled up");
+        let body = format!("{{\"n\": {accepted}}}{padding}");
+        let a = post_json(hub.addr, &body, &[]).await;
+        if a.status != 202 {
+            break a;
+        }
+        accepted += 1;
+    };
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(refused.error().contains("full"), "{refused:?}");
+    assert!(accepted > 0);
+    // Every 202 is in the journal, the refused message is not.
+    assert_eq!(hub.messages().len(), accepted);
 }
 
 #[tokio::test]

@@ -54,8 +54,8 @@ mod sqlite;
 use std::fmt;
 
 pub use sqlite::{
-    DeliverySummary, EventRecord, Inspector, ListFilter, MessageDetail, MessageSummary,
-    SqliteJournal,
+    DeliverySummary, EventRecord, Inspector, JournalOptions, ListFilter, MessageDetail,
+    MessageSummary, SqliteJournal,
 };
 
 use crate::runtime::{Accepted, BoxFuture, Incoming};

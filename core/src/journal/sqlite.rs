@@ -93,6 +93,16 @@ enum Op {
     Close(oneshot::Sender<()>),
 }
 
+/// How a journal is opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// The most bytes the database file may take. A commit that would
+    /// pass it fails as on a full disk: nothing of it is stored, and the
+    /// senders of its messages are refused (HTTP `503`) rather than
+    /// acknowledged.
+    pub max_size: Option<u64>,
+}
+
 /// A journal in one SQLite file.
 pub struct SqliteJournal {
     path: PathBuf,
@@ -121,6 +131,14 @@ impl SqliteJournal {
     /// Opens the journal at `path`, creating the file and its folder if
     /// needed, and starts its writer.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, JournalError> {
+        SqliteJournal::open_with(path, &JournalOptions::default())
+    }
+
+    /// [`SqliteJournal::open`] with options.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: &JournalOptions,
+    ) -> Result<SqliteJournal, JournalError> {
         let path = path.as_ref().to_owned();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -145,6 +163,14 @@ impl SqliteJournal {
         // The writer keeps the hot index pages in memory (16 MiB).
         conn.pragma_update(None, "cache_size", -16384)
             .map_err(storage)?;
+        if let Some(max) = options.max_size {
+            let page: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(storage)?;
+            let pages = (max / page.max(1) as u64).clamp(1, i64::MAX as u64) as i64;
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(storage)?;
+        }
         let reader = connect(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -316,6 +342,8 @@ enum Answer {
     Unit(Reply<()>, Result<(), JournalError>),
     Leased(Reply<Vec<Leased>>, Result<Vec<Leased>, JournalError>),
     Count(Reply<usize>, Result<usize, JournalError>),
+    /// Nothing to answer.
+    None,
 }
 
 impl Answer {
@@ -326,6 +354,7 @@ impl Answer {
             Answer::Unit(r, v) => drop(r.send(v)),
             Answer::Leased(r, v) => drop(r.send(v)),
             Answer::Count(r, v) => drop(r.send(v)),
+            Answer::None => {}
         }
     }
 
@@ -336,74 +365,128 @@ impl Answer {
             Answer::Unit(r, _) => drop(r.send(Err(e.clone()))),
             Answer::Leased(r, _) => drop(r.send(Err(e.clone()))),
             Answer::Count(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::None => {}
         }
     }
 }
 
 /// Applies a batch; returns the close request if the batch asked to close.
+///
+/// One transaction for the whole batch: if any request in it fails (a full
+/// disk), nothing of the batch is stored and every request of the batch,
+/// run or not, is answered with that error.
 fn apply(conn: &mut Connection, batch: &mut Vec<Op>) -> Option<oneshot::Sender<()>> {
     let mut answers = Vec::with_capacity(batch.len());
     let mut closing = None;
-    let result = (|| -> Result<(), rusqlite::Error> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_millis();
-        for op in batch.drain(..) {
-            match op {
-                Op::Accept(m, reply) => {
-                    let r = accept(&tx, &m, now)?;
-                    answers.push(Answer::Accepted(reply, Ok(r)));
-                }
-                Op::Reject(m, reason, reply) => {
-                    reject(&tx, &m, &reason, now)?;
-                    answers.push(Answer::Id(reply, Ok(m.id)));
-                }
-                Op::Route(routings, reply) => {
-                    for r in &routings {
-                        route(&tx, r, now)?;
-                    }
-                    answers.push(Answer::Unit(reply, Ok(())));
-                }
-                Op::Lease {
-                    destination,
-                    now,
-                    limit,
-                    reply,
-                } => {
-                    let leased = lease(&tx, &destination, now, limit)?;
-                    answers.push(Answer::Leased(reply, Ok(leased)));
-                }
-                Op::Outcome {
-                    delivery_id,
-                    attempt,
-                    outcome,
-                    reply,
-                } => {
-                    let r = record_outcome(&tx, &delivery_id, attempt, &outcome, now)?;
-                    answers.push(Answer::Unit(reply, r));
-                }
-                Op::Release(reply) => {
-                    let n = tx.execute(
-                        "UPDATE deliveries SET state = 'pending', next_attempt_at = MIN(next_attempt_at, ?1), updated_at = ?1
-                         WHERE state = 'inflight'",
-                        [now],
-                    )?;
-                    answers.push(Answer::Count(reply, Ok(n)));
-                }
-                Op::Close(done) => closing = Some(done),
-            }
+    let mut failure = None;
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => Some(tx),
+        Err(e) => {
+            failure = Some(e);
+            None
         }
-        tx.commit()
-    })();
+    };
+    let now = now_millis();
+    for op in batch.drain(..) {
+        let op = match op {
+            Op::Close(done) => {
+                closing = Some(done);
+                continue;
+            }
+            op => op,
+        };
+        match (&tx, failure.is_none()) {
+            (Some(tx), true) => match execute(tx, op, now) {
+                Ok(answer) => answers.push(answer),
+                Err((answer, e)) => {
+                    answers.push(answer);
+                    failure = Some(e);
+                }
+            },
+            _ => answers.push(unanswered(op)),
+        }
+    }
+    let result = match (failure, tx) {
+        (Some(e), _) => Err(e),
+        (None, Some(tx)) => tx.commit(),
+        (None, None) => Ok(()),
+    };
     match result {
         Ok(()) => answers.into_iter().for_each(Answer::send),
         Err(e) => {
-            // Nothing of the batch is stored: every sender learns it.
+            // Nothing of the batch is stored (the transaction is rolled
+            // back): every sender learns it.
             let e = storage(e);
             tracing::error!(error = %e, requests = answers.len(), "journal commit failed");
             answers.into_iter().for_each(|a| a.fail(&e));
         }
     }
     closing
+}
+
+/// Runs one request inside the batch's transaction. On error, the answer
+/// to give (with the batch's error) and the error.
+fn execute(tx: &Transaction<'_>, op: Op, now: i64) -> Result<Answer, (Answer, rusqlite::Error)> {
+    match op {
+        Op::Accept(m, reply) => match accept(tx, &m, now) {
+            Ok(r) => Ok(Answer::Accepted(reply, Ok(r))),
+            Err(e) => Err((Answer::Accepted(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Reject(m, reason, reply) => match reject(tx, &m, &reason, now) {
+            Ok(()) => Ok(Answer::Id(reply, Ok(m.id))),
+            Err(e) => Err((Answer::Id(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Route(routings, reply) => match routings.iter().try_for_each(|r| route(tx, r, now)) {
+            Ok(()) => Ok(Answer::Unit(reply, Ok(()))),
+            Err(e) => Err((Answer::Unit(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Lease {
+            destination,
+            now,
+            limit,
+            reply,
+        } => match lease(tx, &destination, now, limit) {
+            Ok(leased) => Ok(Answer::Leased(reply, Ok(leased))),
+            Err(e) => Err((Answer::Leased(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Outcome {
+            delivery_id,
+            attempt,
+            outcome,
+            reply,
+        } => match record_outcome(tx, &delivery_id, attempt, &outcome, now) {
+            Ok(r) => Ok(Answer::Unit(reply, r)),
+            Err(e) => Err((Answer::Unit(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Release(reply) => match tx.execute(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = MIN(next_attempt_at, ?1), updated_at = ?1
+             WHERE state = 'inflight'",
+            [now],
+        ) {
+            Ok(n) => Ok(Answer::Count(reply, Ok(n))),
+            Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
+        },
+        Op::Close(done) => {
+            // Taken out of the batch by `apply`; closing here too is safe.
+            drop(done);
+            Ok(Answer::None)
+        }
+    }
+}
+
+/// The answer slot of a request that was not run (an earlier one in its
+/// batch failed); it is answered with the batch's error.
+fn unanswered(op: Op) -> Answer {
+    match op {
+        Op::Accept(_, reply) => Answer::Accepted(reply, Err(JournalError::Closed)),
+        Op::Reject(_, _, reply) => Answer::Id(reply, Err(JournalError::Closed)),
+        Op::Route(_, reply) | Op::Outcome { reply, .. } => {
+            Answer::Unit(reply, Err(JournalError::Closed))
+        }
+        Op::Lease { reply, .. } => Answer::Leased(reply, Err(JournalError::Closed)),
+        Op::Release(reply) => Answer::Count(reply, Err(JournalError::Closed)),
+        Op::Close(_) => Answer::None,
+    }
 }
 
 fn event(
