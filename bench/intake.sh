@@ -44,7 +44,7 @@ echo "nzela RSS before: $(rss) KiB"
 (while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss) $(count customs) $(count commerce)"; sleep 1; done) > "$work/samples" &
 start=$(date +%s.%N)
 ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
-  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
+  wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
   "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
 accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")

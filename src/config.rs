@@ -543,8 +543,9 @@ fn resolve_secrets(v: &mut Json, key: &str, l: &mut Loader<'_>) {
     }
 }
 
-/// `${env:NAME}` → the variable; `${file:PATH}` → the file's content
-/// without its final line break; `$${` → a literal `${`.
+/// `${env:NAME}` → the variable; `${env:NAME:-default}` → the variable,
+/// or `default` when it is unset or empty; `${file:PATH}` → the file's
+/// content without its final line break; `$${` → a literal `${`.
 pub fn interpolate(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -561,8 +562,15 @@ pub fn interpolate(s: &str) -> Result<String, String> {
         };
         let reference = &rest[i + 2..i + end];
         let value = match reference.split_once(':') {
-            Some(("env", name)) => std::env::var(name)
-                .map_err(|_| format!("the environment variable {name} is not set"))?,
+            Some(("env", name)) => match name.split_once(":-") {
+                // `${env:NAME:-default}`: the default when NAME is unset or empty.
+                Some((name, default)) => std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| default.to_owned()),
+                None => std::env::var(name)
+                    .map_err(|_| format!("the environment variable {name} is not set"))?,
+            },
             Some(("file", path)) => std::fs::read_to_string(path)
                 .map(|t| {
                     t.strip_suffix('\n')
@@ -676,6 +684,15 @@ mod tests {
             interpolate("${env:NZELA_TEST_UNSET_VARIABLE}")
                 .unwrap_err()
                 .contains("is not set")
+        );
+        assert_eq!(
+            interpolate("${env:NZELA_TEST_UNSET_VARIABLE:-amqp://guest:guest@127.0.0.1:5672/%2f}")
+                .unwrap(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            interpolate("${env:NZELA_TEST_SECRET:-fallback}").unwrap(),
+            "s3cret"
         );
         assert!(interpolate("${vault:x}").is_err());
         assert!(interpolate("${env:X").is_err());

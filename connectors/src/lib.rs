@@ -8,12 +8,15 @@
 //! | [`file`] | source `file` | [`file::SourceConfig`] | [`file::FileSource`]: an inbox folder, polled |
 //! | [`http_client`] | destination `http` | [`http_client::Config`] | [`http_client::HttpClient`]: one request per attempt |
 //! | [`file`] | destination `file` | [`file::DestinationConfig`] | [`file::FileDestination`]: an outbox folder, written atomically |
+//! | [`amqp`] | source `amqp` | [`amqp::SourceConfig`] | [`amqp::AmqpSource`]: a RabbitMQ queue, consumed; acknowledged once committed |
+//! | [`amqp`] | destination `amqp` | [`amqp::DestinationConfig`] | [`amqp::AmqpDestination`]: a RabbitMQ exchange, published to with confirms |
 //!
 //! Shared pieces:
 //!
 //! - [`common`]: sizes, durations, formats, business keys, retry settings;
 //! - [`template`]: the templates of URLs, headers and file names;
-//! - [`tls`]: the crypto provider, installed once before any HTTPS client.
+//! - [`tls`]: the crypto provider, installed once before any HTTPS client
+//!   or AMQPS connection.
 //!
 //! The binary reads `[sources.NAME]` as a [`SourceConfig`] and
 //! `[destinations.NAME]` as a [`DestinationConfig`], then builds them with
@@ -23,6 +26,7 @@
 //! a [`nzela_core::runtime::dispatch::Dispatcher`] with the settings of
 //! [`DestinationConfig::dispatch_settings`].
 
+pub mod amqp;
 pub mod common;
 pub mod file;
 pub mod http_client;
@@ -44,6 +48,8 @@ pub enum SourceConfig {
     HttpServer(http_server::Config),
     /// `type = "file"`: an inbox folder.
     File(file::SourceConfig),
+    /// `type = "amqp"`: a RabbitMQ queue.
+    Amqp(amqp::SourceConfig),
 }
 
 /// A `[destinations.NAME]` table: its `type` and that type's settings.
@@ -54,6 +60,8 @@ pub enum DestinationConfig {
     Http(http_client::Config),
     /// `type = "file"`: an outbox folder.
     File(file::DestinationConfig),
+    /// `type = "amqp"`: a RabbitMQ exchange.
+    Amqp(amqp::DestinationConfig),
 }
 
 impl DestinationConfig {
@@ -62,6 +70,7 @@ impl DestinationConfig {
         match self {
             DestinationConfig::Http(c) => c.dispatch_settings(name),
             DestinationConfig::File(c) => c.dispatch_settings(name),
+            DestinationConfig::Amqp(c) => c.dispatch_settings(name),
         }
     }
 }
@@ -71,6 +80,7 @@ impl DestinationConfig {
 pub enum Source {
     Http(http_server::HttpServer),
     File(file::FileSource),
+    Amqp(amqp::AmqpSource),
 }
 
 impl Source {
@@ -79,6 +89,7 @@ impl Source {
         match self {
             Source::Http(s) => s.run(intake, shutdown).await,
             Source::File(s) => s.run(intake, shutdown).await,
+            Source::Amqp(s) => s.run(intake, shutdown).await,
         }
     }
 }
@@ -94,6 +105,7 @@ pub async fn build_source(name: &str, config: &SourceConfig) -> Result<Source, S
                 .map(Source::Http)
         }
         SourceConfig::File(c) => file::FileSource::build(name, c).await.map(Source::File),
+        SourceConfig::Amqp(c) => amqp::AmqpSource::build(name, c).await.map(Source::Amqp),
     }
 }
 
@@ -105,6 +117,7 @@ pub async fn build_destination(
     Ok(match config {
         DestinationConfig::Http(c) => Arc::new(http_client::HttpClient::build(name, c).await?),
         DestinationConfig::File(c) => Arc::new(file::FileDestination::build(name, c).await?),
+        DestinationConfig::Amqp(c) => Arc::new(amqp::AmqpDestination::build(name, c).await?),
     })
 }
 

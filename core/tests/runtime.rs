@@ -283,7 +283,9 @@ async fn a_full_journal_refuses_messages_and_keeps_everything_it_acknowledged() 
     let mut tasks = Vec::new();
     for j in 0..50 {
         let intake = intake.clone();
-        tasks.push(tokio::spawn(async move { intake.accept(big(10_000 + j)).await }));
+        tasks.push(tokio::spawn(
+            async move { intake.accept(big(10_000 + j)).await },
+        ));
     }
     for t in tasks {
         assert!(matches!(t.await.unwrap(), Err(IntakeError::Unavailable(_))));

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# AMQP throughput: consume -> journal -> map -> publish with confirms,
+# next to the broker's own rates measured in the same run.
+#
+#   bench/amqp.sh [COUNT]          # default 20000 messages
+#   AMQP_URL=amqp://... bench/amqp.sh
+#
+# Needs RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/%2f). Every
+# message is the sample order (2.4 KiB), persistent, in durable classic
+# queues; all confirms and acknowledgements are awaited.
+#
+# 1. raw publish: one client publishes COUNT messages with confirms
+#    (256 in flight) to a queue;
+# 2. raw consume: one client consumes them back, acknowledging each
+#    (prefetch 500);
+# 3. nzela: COUNT orders wait in its input queue; nzela consumes them
+#    (prefetch 500), commits each to its journal (fsync'ed group commits)
+#    before acknowledging it, maps it to the customs declaration and
+#    publishes that with confirms (64 in flight); timed from the first
+#    declaration to the last as they arrive on a bound queue.
+#
+# nzela, the broker and the clients share the machine: compare figures of
+# one run, not across machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${1:-20000}
+URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+ORDER=tests/fixtures/samples/marketplace/order-paid.json
+
+cargo build --release --quiet --bin nzela
+cargo build --release --quiet -p nzela-connectors --example amqp_rate
+target=${CARGO_TARGET_DIR:-target}/release
+bin=$target/nzela
+rate=$target/examples/amqp_rate
+work=$(mktemp -d)
+run=bench-$$-$(date +%s)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  for q in "$run.raw" "$run.in" "$run.out"; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== broker: raw publish and consume ($COUNT messages)"
+raw_pub=$("$rate" publish "$URL" "$run.raw" "$COUNT" "$ORDER" 256)
+echo "$raw_pub"
+raw_con=$("$rate" consume "$URL" "$run.raw" "$COUNT" 500)
+echo "$raw_con"
+
+cat > "$work/nzela.toml" <<TOML
+shutdown_timeout = "10s"
+[journal]
+path = "$work/nzela.db"
+[log]
+level = "warn"
+[sources.orders]
+type = "amqp"
+url = "$URL"
+queue = "$run.in"
+prefetch = 500
+format = "json"
+business_key = "order.order_id"
+[[sources.orders.topology.queues]]
+name = "$run.in"
+[destinations.customs]
+type = "amqp"
+url = "$URL"
+exchange = "$run.customs"
+routing_key = "declaration.export"
+concurrency = ${CONCURRENCY:-64}
+[[destinations.customs.topology.exchanges]]
+name = "$run.customs"
+kind = "topic"
+durable = false
+auto_delete = true
+[[destinations.customs.topology.queues]]
+name = "$run.out"
+[[destinations.customs.topology.bindings]]
+queue = "$run.out"
+exchange = "$run.customs"
+routing_key = "declaration.#"
+[routes.order_to_customs]
+from = "orders"
+mapping = "$PWD/mappings/marketplace-order-to-asycuda-export.yaml"
+to = "customs"
+TOML
+
+echo "== nzela: consume -> journal -> map -> publish with confirms ($COUNT orders)"
+# The orders wait in the queue before nzela starts.
+"$rate" publish "$URL" "$run.in" "$COUNT" "$ORDER" 256 >/dev/null
+# The output queue exists before its consumer starts (nzela binds it).
+"$rate" publish "$URL" "$run.out" 0 "$ORDER" >/dev/null
+"$bin" run --config "$work/nzela.toml" > "$work/nzela.log" 2>&1 &
+pid=$!
+start=$(date +%s.%N)
+e2e=$("$rate" consume "$URL" "$run.out" "$COUNT" 500)
+end=$(date +%s.%N)
+echo "$e2e (declarations arriving)"
+echo "from nzela's start to the last declaration: $(echo "$end - $start" | bc) s"
+echo "nzela RSS at the end: $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") KiB"
+kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+
+r() { sed -E 's/.*: ([0-9]+) msg\/s.*/\1/' <<<"$1"; }
+echo
+echo "| measure | msg/s |"
+echo "|---|---|"
+echo "| broker: confirmed publish, 1 client, 256 in flight | $(r "$raw_pub") |"
+echo "| broker: consume with acks, 1 client, prefetch 500 | $(r "$raw_con") |"
+echo "| nzela: consume -> journal -> map -> confirmed publish | $(r "$e2e") |"

@@ -1,0 +1,172 @@
+//! The broker's own rates, for `bench/amqp.sh`: how fast one client
+//! publishes with confirms, and consumes with acknowledgements, on the
+//! same broker and queue type nzela is measured on.
+//!
+//! ```text
+//! amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT]   # persistent, confirmed
+//! amqp_rate consume URL QUEUE COUNT [PREFETCH]              # acknowledged one by one
+//! ```
+//!
+//! `publish` declares QUEUE (durable, classic) and gives each message its
+//! own `message_id`. Both print one line: `<verb> COUNT messages in S s:
+//! R msg/s` (for `consume`, timed from the first message to the last).
+
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use futures_core::Stream;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["publish", url, queue, count, body, rest @ ..] => {
+            publish(url, queue, count, body, rest.first().copied()).await
+        }
+        ["consume", url, queue, count, rest @ ..] => {
+            consume(url, queue, count, rest.first().copied()).await
+        }
+        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH]".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amqp_rate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn number(s: &str, what: &str) -> Result<usize, String> {
+    s.parse()
+        .map_err(|_| format!("{what} \"{s}\" is not a number"))
+}
+
+async fn publish(
+    url: &str,
+    queue: &str,
+    count: &str,
+    body: &str,
+    in_flight: Option<&str>,
+) -> Result<(), String> {
+    let count = number(count, "COUNT")?;
+    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
+    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::with_capacity(in_flight);
+    for i in 0..count {
+        if pending.len() >= in_flight
+            && let Some(confirm) = pending.pop_front()
+        {
+            let c: lapin::PublisherConfirm = confirm;
+            if !c.await.map_err(|e| e.to_string())?.is_ack() {
+                return Err("the broker refused a message (nack)".to_owned());
+            }
+        }
+        let props = BasicProperties::default()
+            .with_message_id(format!("bench-{i}").into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        pending.push_back(confirm);
+    }
+    for c in pending {
+        if !c.await.map_err(|e| e.to_string())?.is_ack() {
+            return Err("the broker refused a message (nack)".to_owned());
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {count} messages in {secs:.2} s: {:.0} msg/s",
+        count as f64 / secs
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+async fn consume(
+    url: &str,
+    queue: &str,
+    count: &str,
+    prefetch: Option<&str>,
+) -> Result<(), String> {
+    let count = number(count, "COUNT")?;
+    let prefetch = u16::try_from(number(prefetch.unwrap_or("500"), "PREFETCH")?)
+        .map_err(|_| "PREFETCH is at most 65535".to_owned())?;
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "amqp_rate".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut first = None;
+    let mut n = 0;
+    while n < count {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the consumer was cancelled".to_owned()),
+        };
+        first.get_or_insert_with(Instant::now);
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64()).max(1e-9);
+    println!(
+        "consumed {count} messages in {secs:.2} s: {:.0} msg/s",
+        (count.saturating_sub(1)) as f64 / secs
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The queue consumer (see the module description for its rules).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use lapin::Consumer;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use nzela_core::codec::{Codec, Limits};
+use nzela_core::runtime::{CancellationToken, Incoming, Intake, IntakeError};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::config::{ConnectionSettings, SourceConfig};
+use super::incoming::{Received, incoming};
+use super::{Reconnect, Session, open, short};
+use crate::common::{BusinessKey, limits};
+
+/// How often the consumer checks that its connection and channel are
+/// still open, besides noticing it when deliveries stop.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a delivery the journal could not take waits before it is
+/// handed back to the broker, so that a journal outage does not become a
+/// busy loop of redeliveries.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Bodies up to this size are decoded on the async worker, larger ones on
+/// the blocking pool (as for HTTP endpoints).
+const INLINE_DECODE_MAX: usize = 4 * 1024;
+
+/// A built queue consumer.
+pub struct AmqpSource {
+    name: String,
+    queue: String,
+    consumer_tag: String,
+    prefetch: u16,
+    connection: ConnectionSettings,
+    reader: Arc<Reader>,
+}
+
+impl std::fmt::Debug for AmqpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSource")
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("urls", &self.connection.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What checks one delivery.
+struct Reader {
+    source: String,
+    codec: Codec,
+    limits: Limits,
+    business_key: Option<BusinessKey>,
+}
+
+/// Why the consumer stopped consuming.
+enum End {
+    /// nzela is stopping.
+    Stopped,
+    /// The connection or channel is gone, for this reason.
+    Lost(String),
+}
+
+impl AmqpSource {
+    /// Builds the source `name`. Nothing is connected yet: the broker may
+    /// be away when nzela starts.
+    pub async fn build(name: &str, config: &SourceConfig) -> Result<AmqpSource, String> {
+        super::short(&config.queue)?;
+        Ok(AmqpSource {
+            name: name.to_owned(),
+            queue: config.queue.clone(),
+            consumer_tag: config
+                .consumer_tag
+                .clone()
+                .unwrap_or_else(|| format!("nzela-{name}")),
+            prefetch: config.prefetch.get(),
+            connection: config.connection(),
+            reader: Arc::new(Reader {
+                source: name.to_owned(),
+                codec: config.format.codec(),
+                limits: limits(config.max_body_size, config.max_depth),
+                business_key: config.business_key.clone(),
+            }),
+        })
+    }
+
+    /// Consumes until `shutdown`, reconnecting whenever the broker is
+    /// lost; then lets the deliveries in hand finish (committed ones are
+    /// acknowledged) and closes the connection, which hands any other
+    /// back to the broker.
+    pub async fn run(self, intake: Intake, shutdown: CancellationToken) {
+        let name = self.name.as_str();
+        let mut reconnect = Reconnect::new(&self.connection);
+        let mut handlers = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(usize::from(self.prefetch)));
+        loop {
+            let opened = tokio::select! {
+                r = self.start() => r,
+                () = shutdown.cancelled() => break,
+            };
+            let wait = match opened {
+                Ok((session, consumer)) => {
+                    reconnect.connected("amqp source", name, &session.url);
+                    tracing::info!(source = name, queue = %self.queue, prefetch = self.prefetch, "consuming");
+                    let end = self
+                        .consume(
+                            &intake,
+                            &shutdown,
+                            &session,
+                            consumer,
+                            &mut handlers,
+                            &slots,
+                        )
+                        .await;
+                    match end {
+                        End::Stopped => {
+                            let _ = session
+                                .channel
+                                .basic_cancel(
+                                    self.consumer_tag.as_str().into(),
+                                    BasicCancelOptions::default(),
+                                )
+                                .await;
+                            // Deliveries being committed get their ack.
+                            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                                while handlers.join_next().await.is_some() {}
+                            })
+                            .await;
+                            session.close().await;
+                            break;
+                        }
+                        End::Lost(why) => reconnect.lost("amqp source", name, &session.url, &why),
+                    }
+                }
+                Err(e) => reconnect.failed("amqp source", name, &e),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        // What is still in hand when stopping is redelivered by the broker.
+        handlers.abort_all();
+        tracing::info!(source = name, "stopped consuming");
+    }
+
+    /// Connects, declares, sets the prefetch, starts consuming.
+    async fn start(&self) -> Result<(Session, Consumer), String> {
+        let session = open(&self.connection, &self.name).await?;
+        let started = async {
+            session
+                .channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| format!("cannot set the prefetch: {e}"))?;
+            session
+                .channel
+                .basic_consume(
+                    short(&self.queue)?,
+                    short(&self.consumer_tag)?,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("cannot consume the queue \"{}\": {e}", self.queue))
+        }
+        .await;
+        match started {
+            Ok(consumer) => Ok((session, consumer)),
+            Err(e) => {
+                session.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        intake: &Intake,
+        shutdown: &CancellationToken,
+        session: &Session,
+        mut consumer: Consumer,
+        handlers: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+    ) -> End {
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        loop {
+            while handlers.try_join_next().is_some() {}
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Stopped,
+                _ = health.tick() => {
+                    if !session.is_open() {
+                        return End::Lost("the connection or channel was closed".to_owned());
+                    }
+                    continue;
+                }
+                next = next_delivery(&mut consumer) => next,
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return End::Lost(e.to_string()),
+                None => {
+                    return End::Lost(if session.is_open() {
+                        "the broker cancelled the consumer (was the queue deleted?)".to_owned()
+                    } else {
+                        "the connection or channel was closed".to_owned()
+                    });
+                }
+            };
+            // The broker sends at most `prefetch` unacknowledged
+            // deliveries; the permits hold to that even if it did not.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return End::Stopped;
+            };
+            let reader = self.reader.clone();
+            let intake = intake.clone();
+            handlers.spawn(async move {
+                take(&reader, &intake, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
+    std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await
+}
+
+/// One delivery: decoded, committed (or kept as rejected), then
+/// acknowledged, rejected or handed back.
+async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
+    let source = reader.source.as_str();
+    let Delivery {
+        delivery_tag,
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+    } = delivery;
+    let received = Received {
+        exchange: exchange.as_str(),
+        routing_key: routing_key.as_str(),
+        redelivered,
+        properties: &properties,
+        body: data,
+    };
+    let checked = match incoming(source, received) {
+        (message, None) => reader.check(message).await,
+        (message, Some(reason)) => Checked::Bad(message, reason),
+    };
+    match checked {
+        Checked::Failed => {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+        Checked::Good(message) => match intake.accept(message).await {
+            Ok(accepted) => {
+                tracing::debug!(source, message_id = %accepted.message_id, duplicate = accepted.duplicate, delivery_tag, "accepted");
+                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                    // The broker delivers it again; it is then a duplicate
+                    // when it has a message_id or a business key.
+                    tracing::debug!(source, message_id = %accepted.message_id, error = %e, "cannot acknowledge a committed delivery; the broker will deliver it again");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source, error = %e, "the journal cannot take the message; handing it back to the broker");
+                if matches!(e, IntakeError::Unavailable(_)) {
+                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                }
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        },
+        Checked::Bad(message, reason) => match intake.reject(message, &reason).await {
+            Ok(id) => {
+                tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, sent to the queue's dead-letter exchange");
+                if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+                    tracing::debug!(source, message_id = %id, error = %e, "cannot reject the delivery; the broker will deliver it again");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source, error = %e, "the journal cannot keep a rejected message; handing it back to the broker");
+                if matches!(e, IntakeError::Unavailable(_)) {
+                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                }
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        },
+    }
+}
+
+/// What checking a delivery gave.
+enum Checked {
+    /// Decoded: the message, with its business key.
+    Good(Incoming),
+    /// Refused, for this reason.
+    Bad(Incoming, String),
+    /// Decoding failed unexpectedly (a panic): hand it back.
+    Failed,
+}
+
+impl Reader {
+    /// Decodes the body in the source's format (on the blocking pool when
+    /// it is large) and reads the business key.
+    async fn check(self: &Arc<Self>, message: Incoming) -> Checked {
+        if message.body.len() > self.limits.max_bytes {
+            let reason = format!(
+                "the body ({} bytes) is over the limit of {} bytes",
+                message.body.len(),
+                self.limits.max_bytes
+            );
+            return Checked::Bad(message, reason);
+        }
+        let (mut message, result) = if message.body.len() <= INLINE_DECODE_MAX {
+            let r = self.decode(&message.body);
+            (message, r)
+        } else {
+            let this = self.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                let r = this.decode(&message.body);
+                (message, r)
+            });
+            match task.await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::error!(source = %self.source, error = %e, "decoding a delivery failed unexpectedly");
+                    return Checked::Failed;
+                }
+            }
+        };
+        match result {
+            Ok(key) => {
+                message.business_key = key;
+                Checked::Good(message)
+            }
+            Err(reason) => Checked::Bad(message, reason),
+        }
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Option<String>, String> {
+        let value = self
+            .codec
+            .decode(body, &self.limits)
+            .map_err(|e| e.to_string())?;
+        Ok(self.business_key.as_ref().and_then(|k| k.read(&value)))
+    }
+}

@@ -1,0 +1,801 @@
+//! End-to-end tests of the AMQP connector: the real `nzela` binary against
+//! the real RabbitMQ of this machine (`amqp://guest:guest@127.0.0.1:5672`,
+//! started by `.ci/run` when it is down). No broker is a failure, not a
+//! skip.
+//!
+//! Every test uses queues and exchanges of its own (a random suffix), and
+//! deletes them at the end. The broker-restart test stops the broker for
+//! everyone: it holds [`BROKER`] exclusively, the others share it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::RwLock;
+
+const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Shared by tests that only need the broker up; held alone by the test
+/// that restarts it.
+static BROKER: RwLock<()> = RwLock::const_new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A suffix no other test run uses.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn connect() -> Connection {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Connection::connect(BROKER_URL, ConnectionProperties::default()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!(
+                "no RabbitMQ at {BROKER_URL} ({e}): start it with `rabbitmq-server -detached` (.ci/run does)"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The names one test uses, and a channel to the broker to set them up,
+/// publish and read.
+struct Broker {
+    _connection: Connection,
+    channel: Channel,
+    s: String,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+impl Broker {
+    async fn new() -> Broker {
+        Broker::with_suffix(unique()).await
+    }
+
+    /// A new connection for the names of suffix `s`.
+    async fn with_suffix(s: String) -> Broker {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.expect("open a channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        Broker {
+            _connection: connection,
+            channel,
+            queues: vec![
+                format!("t.{s}.orders"),
+                format!("t.{s}.rejected"),
+                format!("t.{s}.out"),
+            ],
+            exchanges: vec![format!("t.{s}.dlx"), format!("t.{s}.customs")],
+            s,
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("t.{}.{what}", self.s)
+    }
+
+    /// A durable queue bound to `exchange` with `key`, to read what nzela
+    /// publishes there.
+    async fn bind_queue(&self, queue: &str, exchange: &str, key: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the output queue");
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the output queue");
+    }
+
+    async fn publish(&self, body: &[u8], message_id: &str, correlation_id: Option<&str>) {
+        publish_on(
+            &self.channel,
+            &self.name("orders"),
+            body,
+            message_id,
+            correlation_id,
+        )
+        .await
+        .expect("publish an order");
+    }
+
+    async fn get(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        self.channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+    }
+
+    /// Waits for one message on `queue`.
+    async fn wait_get(&self, queue: &str, within: Duration) -> lapin::message::BasicGetMessage {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self.get(queue).await {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing arrived on {queue} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn cleanup(self) {
+        for q in &self.queues {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in &self.exchanges {
+            let _ = self
+                .channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+async fn publish_on(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    message_id: &str,
+    correlation_id: Option<&str>,
+) -> Result<(), String> {
+    let mut props = BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    if let Some(c) = correlation_id {
+        props = props.with_correlation_id(c.into());
+    }
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    if confirm.is_ack() {
+        Ok(())
+    } else {
+        Err("nack".to_owned())
+    }
+}
+
+/// The sample order with its own order number.
+fn order(order_id: &str) -> Vec<u8> {
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/samples/marketplace/order-paid.json"))
+            .expect("read the sample order");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("the sample is JSON");
+    v["order"]["order_id"] = serde_json::Value::String(order_id.to_owned());
+    serde_json::to_vec(&v).expect("serialise")
+}
+
+/// The configuration of one test: an AMQP source on `t.S.orders` (with a
+/// dead-letter exchange), an AMQP destination on `t.S.customs`.
+fn config(b: &Broker, dir: &Path, prefetch: u32, concurrency: u32) -> String {
+    let mapping = root().join("mappings/marketplace-order-to-asycuda-export.yaml");
+    format!(
+        r#"
+shutdown_timeout = "5s"
+
+[journal]
+path = "{journal}"
+
+[log]
+format = "json"
+level = "info"
+
+[sources.orders]
+type = "amqp"
+url = ["amqp://guest:guest@127.0.0.1:1/%2f", "{BROKER_URL}"]
+queue = "{orders}"
+prefetch = {prefetch}
+format = "json"
+business_key = "order.order_id"
+reconnect_max_backoff = "1s"
+
+[[sources.orders.topology.exchanges]]
+name = "{dlx}"
+kind = "fanout"
+
+[[sources.orders.topology.queues]]
+name = "{orders}"
+arguments = {{ "x-queue-type" = "quorum", "x-dead-letter-exchange" = "{dlx}" }}
+
+[[sources.orders.topology.queues]]
+name = "{rejected}"
+
+[[sources.orders.topology.bindings]]
+queue = "{rejected}"
+exchange = "{dlx}"
+
+[destinations.customs]
+type = "amqp"
+url = "{BROKER_URL}"
+exchange = "{customs}"
+routing_key = "declaration.export"
+concurrency = {concurrency}
+reconnect_max_backoff = "1s"
+retry = {{ max_attempts = 1000, initial_backoff = "200ms", max_backoff = "1s" }}
+
+[[destinations.customs.topology.exchanges]]
+name = "{customs}"
+kind = "topic"
+
+[routes.order_to_customs]
+from = "orders"
+when = 'event == "order.paid"'
+mapping = "{mapping}"
+to = "customs"
+"#,
+        journal = dir.join("nzela.db").display(),
+        orders = b.name("orders"),
+        dlx = b.name("dlx"),
+        rejected = b.name("rejected"),
+        customs = b.name("customs"),
+        mapping = mapping.display(),
+    )
+}
+
+/// A running `nzela run`, killed when dropped.
+struct Nzela {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Nzela {
+    /// Starts nzela and waits until its source consumes and its
+    /// destination is connected.
+    fn start(dir: &Path, config: &str) -> Nzela {
+        let path = dir.join("nzela.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        let log = dir.join(format!("nzela-{}.log", unique()));
+        let out = std::fs::File::create(&log).expect("create the log");
+        let err = out.try_clone().expect("clone the log");
+        let child = Command::new(env!("CARGO_BIN_EXE_nzela"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start nzela");
+        let n = Nzela { child, log };
+        n.wait_log(
+            |l| {
+                l.contains("\"consuming\"")
+                    && l.matches("connected to the AMQP broker").count() >= 2
+            },
+            Duration::from_secs(20),
+        );
+        n
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, ok: impl Fn(&str) -> bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !ok(&self.log()) {
+            assert!(
+                Instant::now() < deadline,
+                "nzela's log did not show what was expected within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Nzela {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `nzela messages ARGS --journal dir/nzela.db`, its standard output.
+fn messages(dir: &Path, args: &[&str]) -> String {
+    try_messages(dir, args).unwrap_or_else(|e| panic!("nzela messages {args:?} failed: {e}"))
+}
+
+/// The same, `Err` with its standard error when it fails (not found yet).
+fn try_messages(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nzela"))
+        .arg("messages")
+        .args(args)
+        .arg("--journal")
+        .arg(dir.join("nzela.db"))
+        .output()
+        .expect("run nzela messages");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn text(v: &Option<lapin::types::ShortString>) -> String {
+    v.as_ref()
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+/// What arrived on an output queue: correlation id → the message ids it
+/// came with, and how many messages in all.
+#[derive(Default)]
+struct Received {
+    by_correlation: HashMap<String, HashSet<String>>,
+    total: usize,
+}
+
+/// Consumes `queue` in the background (acknowledging each message once
+/// recorded), reconnecting if the broker goes away.
+fn collect(queue: String) -> Arc<Mutex<Received>> {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let r = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok(conn) = Connection::connect(BROKER_URL, ConnectionProperties::default()).await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let Ok(channel) = conn.create_channel().await else {
+                continue;
+            };
+            let _ = channel
+                .basic_qos(500, lapin::options::BasicQosOptions::default())
+                .await;
+            let Ok(mut consumer) = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            while let Some(Ok(d)) =
+                std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await
+            {
+                {
+                    let mut r = r.lock().unwrap();
+                    r.total += 1;
+                    r.by_correlation
+                        .entry(text(d.properties.correlation_id()))
+                        .or_default()
+                        .insert(text(d.properties.message_id()));
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    received
+}
+
+/// Waits until every correlation id in `expected` has arrived.
+async fn wait_all(received: &Arc<Mutex<Received>>, expected: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = received.lock().unwrap().by_correlation.len();
+        if got >= expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {expected} declarations arrived within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each correlation id arrived, and every duplicate had the same message
+/// id (the delivery id): a delivery published again, not a second one.
+fn assert_exactly_once_per_delivery(received: &Received, correlations: &[String]) {
+    for c in correlations {
+        let ids = received
+            .by_correlation
+            .get(c)
+            .unwrap_or_else(|| panic!("no declaration for {c}"));
+        assert_eq!(
+            ids.len(),
+            1,
+            "the order {c} produced declarations with different delivery ids: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_consumed_from_a_queue_is_published_as_a_declaration() {
+    let _shared = BROKER.read().await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
+    // The first URL (port 1) refuses: the second one is used.
+    assert!(nzela.log().contains("\"consuming\""));
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.#").await;
+
+    let order_id = format!("GB-{}", b.s);
+    let correlation = format!("corr-{}", b.s);
+    let body = order(&order_id);
+    b.publish(&body, &format!("m-{}", b.s), Some(&correlation))
+        .await;
+    let got = b.wait_get(&out, Duration::from_secs(20)).await;
+    let p = &got.delivery.properties;
+    let delivery_id = text(p.message_id());
+    assert!(
+        is_uuid(&delivery_id),
+        "message_id {delivery_id:?} is not a delivery id"
+    );
+    assert_eq!(text(p.correlation_id()), correlation);
+    assert_eq!(text(p.content_type()), "application/xml");
+    assert_eq!(*p.delivery_mode(), Some(2), "the declaration is persistent");
+    assert_eq!(got.delivery.routing_key.as_str(), "declaration.export");
+    let xml = String::from_utf8_lossy(&got.delivery.data);
+    assert!(xml.contains("<ASYCUDA>"), "{xml}");
+    assert!(
+        xml.contains(&format!(
+            "<Commercial_reference_number>{order_id}</Commercial_reference_number>"
+        )),
+        "{xml}"
+    );
+
+    // The journal knows it, by the delivery id and by the order number,
+    // with the AMQP properties kept as headers.
+    let shown = messages(dir.path(), &["show", &delivery_id, "--json"]);
+    assert!(shown.contains(&order_id), "{shown}");
+    assert!(shown.contains("delivered"), "{shown}");
+    let shown = messages(dir.path(), &["show", &order_id, "--json"]);
+    assert!(shown.contains(&delivery_id), "{shown}");
+    assert!(
+        shown.contains(&format!("m-{}", b.s)),
+        "the message_id header is kept: {shown}"
+    );
+
+    // The same AMQP message_id again: a duplicate, acknowledged, not sent on.
+    b.publish(&body, &format!("m-{}", b.s), Some(&correlation))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        b.get(&out).await.is_none(),
+        "a duplicate was published again"
+    );
+    // Acknowledged: nothing is left in the input queue.
+    assert!(b.get(&b.name("orders")).await.is_none());
+
+    nzela.stop();
+    b.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_dead_lettered_and_kept_as_rejected() {
+    let _shared = BROKER.read().await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.#").await;
+
+    b.publish(b"{\"order\": not json", &format!("bad-{}", b.s), None)
+        .await;
+    let dead = b
+        .wait_get(&b.name("rejected"), Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.delivery.data, b"{\"order\": not json");
+    assert_eq!(
+        text(dead.delivery.properties.message_id()),
+        format!("bad-{}", b.s)
+    );
+
+    let rejected = messages(dir.path(), &["list", "--state", "rejected", "--json"]);
+    assert!(rejected.contains("rejected"), "{rejected}");
+    let id = serde_json::from_str::<serde_json::Value>(&rejected)
+        .ok()
+        .and_then(|v| {
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|m| m.get("id").or_else(|| m.get("message_id")))
+                .and_then(|i| i.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no rejected message listed: {rejected}"));
+    let shown = messages(dir.path(), &["show", &id, "--json"]);
+    assert!(
+        shown.contains("invalid JSON"),
+        "the reason is kept: {shown}"
+    );
+
+    // The next good message still flows.
+    let order_id = format!("GOOD-{}", b.s);
+    b.publish(&order(&order_id), &format!("good-{}", b.s), None)
+        .await;
+    let got = b.wait_get(&out, Duration::from_secs(20)).await;
+    assert!(String::from_utf8_lossy(&got.delivery.data).contains(&order_id));
+    assert!(
+        b.get(&b.name("rejected")).await.is_none(),
+        "only the bad one was dead-lettered"
+    );
+
+    nzela.stop();
+    b.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_declaration_is_retried_until_a_queue_is_bound() {
+    let _shared = BROKER.read().await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
+
+    let order_id = format!("NOROUTE-{}", b.s);
+    b.publish(&order(&order_id), &format!("m-{}", b.s), None)
+        .await;
+    // No queue is bound to the customs exchange: the broker returns the
+    // message, and the delivery waits for a retry with the reason shown.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = try_messages(dir.path(), &["show", &order_id, "--json"]).unwrap_or_default();
+        if shown.contains("unroutable") {
+            assert!(!shown.contains("\"delivered\""), "{shown}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no unroutable error shown: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.export").await;
+    let got = b.wait_get(&out, Duration::from_secs(20)).await;
+    assert!(String::from_utf8_lossy(&got.delivery.data).contains(&order_id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = messages(dir.path(), &["show", &order_id, "--json"]);
+        if shown.contains("delivered") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    nzela.stop();
+    b.cleanup().await;
+}
+
+/// Publishes `n` orders, each with its own order number, message_id and
+/// correlation id; returns the correlation ids.
+async fn publish_orders(b: &Broker, from: usize, n: usize) -> Vec<String> {
+    let mut correlations = Vec::with_capacity(n);
+    let queue = b.name("orders");
+    let mut pending = Vec::new();
+    for i in from..from + n {
+        let c = format!("c-{}-{i}", b.s);
+        let body = order(&format!("K-{}-{i}", b.s));
+        let props = BasicProperties::default()
+            .with_message_id(format!("m-{}-{i}", b.s).into())
+            .with_correlation_id(c.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let confirm = b
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .expect("publish");
+        pending.push(confirm);
+        if pending.len() >= 200 {
+            for c in pending.drain(..) {
+                assert!(c.await.expect("confirm").is_ack());
+            }
+        }
+        correlations.push(c);
+    }
+    for c in pending {
+        assert!(c.await.expect("confirm").is_ack());
+    }
+    correlations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_thousands_of_messages_loses_none() {
+    let _shared = BROKER.read().await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&b, dir.path(), 200, 32);
+    // Declares the topology, then is stopped: the orders wait in the queue.
+    let mut first = Nzela::start(dir.path(), &config);
+    first.stop();
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.#").await;
+    let received = collect(out.clone());
+
+    const N: usize = 3000;
+    let correlations = publish_orders(&b, 0, N).await;
+    let mut nzela = Nzela::start(dir.path(), &config);
+    // Killed while orders are consumed and declarations published.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().total < N / 5 {
+        assert!(Instant::now() < deadline, "nothing flows before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nzela.kill9();
+    let before = received.lock().unwrap().total;
+    assert!(before < N, "everything was done before the kill ({before})");
+
+    let mut nzela = Nzela::start(dir.path(), &config);
+    wait_all(&received, N, Duration::from_secs(60)).await;
+    {
+        let r = received.lock().unwrap();
+        eprintln!(
+            "killed after {before} declarations; {} received for {N} orders after the restart",
+            r.total
+        );
+        assert_exactly_once_per_delivery(&r, &correlations);
+    }
+    nzela.stop();
+    b.cleanup().await;
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
+    let _alone = BROKER.write().await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&b, dir.path(), 50, 8);
+    let mut nzela = Nzela::start(dir.path(), &config);
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.#").await;
+    let received = collect(out.clone());
+
+    const HALF: usize = 300;
+    let mut correlations = publish_orders(&b, 0, HALF).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().total < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing flows before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(1));
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    })
+    .await
+    .unwrap();
+    nzela.wait_log(
+        |l| l.contains("lost the AMQP broker") && l.contains("the AMQP broker is back"),
+        Duration::from_secs(30),
+    );
+    // The same nzela goes on: the second half is published after the restart.
+    let b2 = Broker::with_suffix(b.s.clone()).await;
+    correlations.extend(publish_orders(&b2, HALF, HALF).await);
+    wait_all(&received, 2 * HALF, Duration::from_secs(60)).await;
+    assert_exactly_once_per_delivery(&received.lock().unwrap(), &correlations);
+    assert!(
+        nzela.child.try_wait().unwrap().is_none(),
+        "nzela exited during the broker restart"
+    );
+    nzela.stop();
+    b2.cleanup().await;
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nzela"))
+        .args(["check", "--config", "config/examples/rabbitmq.toml"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
