@@ -6,13 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nzela_core::journal::{Inspector, Journal, JournalOptions, ListFilter, SqliteJournal};
+use nzela_core::journal::{
+    Document, Inspector, Journal, JournalError, JournalOptions, Leased, ListFilter, NewDelivery,
+    NewMessage, Outcome, Routing, SqliteJournal, StoredMessage,
+};
 use nzela_core::mapping::{Condition, Mapping};
 use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, RetryPolicy};
 use nzela_core::runtime::router::{Route, Router, Wakeup};
 use nzela_core::runtime::{
-    BoxFuture, CancellationToken, Destination, Incoming, Intake, IntakeError, Outbound, Reply,
-    SendOutcome,
+    Accepted, BoxFuture, CancellationToken, Destination, Incoming, Intake, IntakeError, Outbound,
+    Reply, SendOutcome,
 };
 
 const ORDER: &str = include_str!("../../mappings/tests/order-paid.json");
@@ -637,4 +640,283 @@ async fn a_reply_becomes_a_new_correlated_message() {
     );
     assert_eq!(reply.body, b"{\"status\": \"ok\"}");
     hub.stop().await;
+}
+
+/// A journal whose first `record_outcome` fails as a full disk would; the
+/// rest goes to the real journal.
+struct OutcomeFailsOnce {
+    inner: Arc<SqliteJournal>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Journal for OutcomeFailsOnce {
+    fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
+        self.inner.accept(message)
+    }
+    fn reject(
+        &self,
+        message: NewMessage,
+        reason: String,
+    ) -> BoxFuture<'_, Result<String, JournalError>> {
+        self.inner.reject(message, reason)
+    }
+    fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
+        self.inner.received(limit)
+    }
+    fn record_routing(&self, routings: Vec<Routing>) -> BoxFuture<'_, Result<(), JournalError>> {
+        self.inner.record_routing(routings)
+    }
+    fn lease<'a>(
+        &'a self,
+        destination: &'a str,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Leased>, JournalError>> {
+        self.inner.lease(destination, now, limit)
+    }
+    fn record_outcome(
+        &self,
+        delivery_id: String,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<(), JournalError>> {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(JournalError::Storage("database or disk is full".to_owned()))
+            });
+        }
+        self.inner.record_outcome(delivery_id, attempt, outcome)
+    }
+    fn next_due<'a>(
+        &'a self,
+        destination: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, JournalError>> {
+        self.inner.next_due(destination)
+    }
+    fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>> {
+        self.inner.release_leases()
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_that_cannot_be_recorded_is_recorded_once_the_journal_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let inner = Arc::new(SqliteJournal::open(&path).unwrap());
+    let journal: Arc<dyn Journal> = Arc::new(OutcomeFailsOnce {
+        inner: inner.clone(),
+        failed: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let router_wakeup = Wakeup::default();
+    let intake = Intake::new(journal.clone(), router_wakeup.clone(), shutdown.clone());
+    let customs = Scripted::with(vec![]);
+    let wakeup = Wakeup::default();
+    let dispatcher = Dispatcher::new(
+        settings("customs", 10),
+        customs.clone(),
+        journal.clone(),
+        wakeup.clone(),
+        intake.clone(),
+    );
+    let router = Router::new(
+        journal.clone(),
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        router_wakeup,
+        HashMap::from([("customs".to_owned(), wakeup)]),
+    );
+    let tasks = [
+        tokio::spawn(dispatcher.run(shutdown.clone(), Duration::from_secs(2))),
+        tokio::spawn(router.run(shutdown.clone())),
+    ];
+    intake.accept(incoming("GB-12")).await.unwrap();
+    // The first outcome is lost to a journal error: the delivery must not
+    // stay leased until the next start.
+    eventually(&path, "the delivery recorded as delivered", |i| {
+        count(i, "delivered") == 1
+    })
+    .await;
+    shutdown.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    inner.close().await;
+}
+
+/// A destination that answers only once `release` is cancelled.
+struct Gated {
+    release: CancellationToken,
+    seen: Mutex<Vec<Outbound>>,
+}
+
+impl Destination for Gated {
+    fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
+        Box::pin(async move {
+            self.seen.lock().unwrap().push(out.clone());
+            self.release.cancelled().await;
+            SendOutcome::Delivered {
+                response: Some(Reply {
+                    body: b"{\"status\": \"paid\"}".to_vec(),
+                    content_type: Some("application/json".into()),
+                    headers: vec![],
+                }),
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_arrives_while_stopping_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Arc::new(Gated {
+        release: CancellationToken::new(),
+        seen: Mutex::default(),
+    });
+    let mut s = settings("customs", 10);
+    s.reply_to = Some("customs_replies".into());
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(s, customs.clone())],
+    );
+    let accepted = hub.intake.accept(incoming("GB-13")).await.unwrap();
+    for _ in 0..400 {
+        if !customs.seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(customs.seen.lock().unwrap().len(), 1, "no attempt was made");
+    // The hub stops while the attempt is in flight; the peer answers within
+    // the grace period.
+    hub.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    customs.release.cancel();
+    hub.stop().await;
+    let inspector = Inspector::open(&path).unwrap();
+    let ids = inspector.find(&accepted.message_id).unwrap();
+    assert_eq!(ids.len(), 2, "the reply was not kept: {ids:?}");
+    let detail = inspector.show(&accepted.message_id).unwrap();
+    assert_eq!(detail.summary.deliveries[0].state, "delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_beyond_any_date_still_schedules_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    // As many milliseconds as an i64 holds: now + this overflows.
+    let far = Duration::from_millis(i64::MAX as u64);
+    let customs = Scripted::with(vec![SendOutcome::Transient {
+        error: "HTTP 503 Service Unavailable".into(),
+        retry_after: Some(far),
+    }]);
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 10), customs.clone())],
+    );
+    let accepted = hub.intake.accept(incoming("GB-14")).await.unwrap();
+    let id = accepted.message_id.clone();
+    eventually(&path, "a retry scheduled far ahead", move |i| {
+        let d = i.show(&id).unwrap().summary.deliveries;
+        d.len() == 1
+            && d[0].state == "pending"
+            && d[0].attempts == 1
+            && d[0].next_attempt_at > nzela_core::runtime::now_millis()
+    })
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_beside_a_busy_journal_waits_for_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+    // Dead deliveries to replay.
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let mut m = NewMessage::from(incoming(&format!("GB-R{n}")));
+        m.dedup_key = None;
+        let id = journal.accept(m).await.unwrap().message_id;
+        journal
+            .record_routing(vec![Routing {
+                message_id: id.clone(),
+                deliveries: vec![NewDelivery {
+                    id: nzela_core::journal::new_id(),
+                    route: "to_customs".into(),
+                    destination: "customs".into(),
+                    document: Ok(Document {
+                        body: b"<x/>".to_vec(),
+                        content_type: "application/xml".into(),
+                        extension: "xml".into(),
+                    }),
+                }],
+                routes: vec!["to_customs".into()],
+            }])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for d in journal.lease("customs", i64::MAX, 100).await.unwrap() {
+        journal
+            .record_outcome(
+                d.id,
+                d.attempt,
+                Outcome::Dead {
+                    error: "HTTP 400".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // The daemon keeps writing while an operator replays.
+    let busy = CancellationToken::new();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (journal, busy) = (journal.clone(), busy.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !busy.is_cancelled() {
+                    let mut m = NewMessage::from(incoming(&format!("GB-W{w}-{n}")));
+                    m.body.resize(64 * 1024, b' ');
+                    journal.accept(m).await.unwrap();
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let replayed = tokio::task::spawn_blocking(move || {
+        let inspector = Inspector::open(&path).unwrap();
+        ids.iter()
+            .map(|id| inspector.replay(id).map(|r| r.len()))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    busy.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    for r in &replayed {
+        assert!(matches!(r, Ok(1)), "{r:?}");
+    }
+    journal.close().await;
 }

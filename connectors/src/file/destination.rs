@@ -51,11 +51,16 @@ impl FileDestination {
                 error: format!("the filename template makes {e}"),
             };
         }
-        let (dir, delivery_id, body) =
-            (self.dir.clone(), out.delivery_id.clone(), out.body.clone());
+        // The attempt too names the temporary file: an attempt cut short by
+        // the dispatcher's timeout may still be writing when the next one
+        // of the same delivery starts.
+        let (dir, temp_id, body) = (
+            self.dir.clone(),
+            format!("{}.{}", out.delivery_id, out.attempt),
+            out.body.clone(),
+        );
         let written =
-            tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &delivery_id, &body))
-                .await;
+            tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &temp_id, &body)).await;
         match written {
             Ok(Ok(path)) => {
                 tracing::debug!(
@@ -84,13 +89,13 @@ impl Destination for FileDestination {
 
 /// Writes `body` as `dir/name` so that no reader ever sees part of it and
 /// a crash leaves either the whole file or none.
-fn write_atomic(dir: &Path, name: &str, delivery_id: &str, body: &[u8]) -> Result<PathBuf, String> {
+fn write_atomic(dir: &Path, name: &str, temp_id: &str, body: &[u8]) -> Result<PathBuf, String> {
     let target = dir.join(name);
-    // Named after the delivery, so that two deliveries writing the same
-    // name at once never share a temporary file.
-    let mut temp_name = format!(".{name}.{delivery_id}.tmp");
+    // Named after the delivery and its attempt, so that two writes of the
+    // same name at once never share a temporary file.
+    let mut temp_name = format!(".{name}.{temp_id}.tmp");
     if temp_name.len() > MAX_NAME {
-        temp_name = format!(".{delivery_id}.tmp");
+        temp_name = format!(".{temp_id}.tmp");
     }
     let temp = dir.join(temp_name);
     let result = (|| {

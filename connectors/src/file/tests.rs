@@ -505,3 +505,54 @@ fn destination_settings_have_defaults_and_are_checked() {
     let e = bad(json!({"path": "out", "reply_to": "x"}));
     assert!(e.contains("unknown field `reply_to`"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_overlapping_a_late_one_never_exposes_a_partial_file() {
+    // An attempt cut short by the dispatcher's timeout goes on writing on
+    // the blocking pool while the retry of the same delivery writes too.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    let d = Arc::new(outbox(&dir, json!({})).await);
+    let mut out = delivery();
+    out.body = vec![b'x'; 2 * 1024 * 1024];
+    let target = dir.join(format!("{}.xml", out.delivery_id));
+    let full = out.body.len() as u64;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (target, stop) = (target.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut partial = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = fs::metadata(&target)
+                    && m.len() != full
+                {
+                    partial += 1;
+                }
+            }
+            partial
+        })
+    };
+    let mut tasks = Vec::new();
+    for attempt in [1, 2] {
+        let (d, mut out) = (d.clone(), out.clone());
+        out.attempt = attempt;
+        tasks.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for _ in 0..40 {
+                if let SendOutcome::Transient { error, .. } = d.send(&out).await {
+                    failed.push(error);
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        failed.extend(t.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let partial = watcher.join().unwrap();
+    assert_eq!(partial, 0, "a reader saw a partial file");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(fs::metadata(&target).unwrap().len(), full);
+}

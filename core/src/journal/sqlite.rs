@@ -1050,7 +1050,12 @@ impl Inspector {
     /// id) pending again, due now, with a new retry budget. Returns the
     /// delivery ids requeued.
     pub fn replay(&self, id: &str) -> Result<Vec<String>, JournalError> {
-        let tx = self.conn.unchecked_transaction().map_err(storage)?;
+        // Immediate: the write lock is taken (waiting for the daemon's
+        // writer, up to the busy timeout) before anything is read. A
+        // deferred transaction that read first could not upgrade while the
+        // writer is busy, and would fail at once with "database is locked".
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(storage)?;
         let now = now_millis();
         let mut stmt = tx
             .prepare(

@@ -15,7 +15,7 @@ use super::router::Wakeup;
 use super::{
     CancellationToken, Destination, Incoming, Intake, Outbound, SendOutcome, backoff, now_millis,
 };
-use crate::journal::{Journal, Leased, Outcome};
+use crate::journal::{Journal, JournalError, Leased, Outcome};
 
 /// How long an idle dispatcher waits before looking at the journal anyway
 /// (an operator's replay, a retry that came due).
@@ -214,19 +214,35 @@ impl Dispatcher {
                 } else {
                     let wait = backoff(tries, s.retry.initial_backoff, s.retry.max_backoff)
                         .max(retry_after.unwrap_or_default());
-                    let at = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                    let at =
+                        now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     tracing::warn!(%message_id, %route, %destination, %delivery_id, attempt, %error, retry_in = ?wait, "delivery failed; will retry");
                     Outcome::Retry { at, error }
                 }
             }
         };
-        if let Err(e) = self
-            .journal
-            .record_outcome(out.delivery_id.clone(), attempt, outcome)
-            .await
-        {
-            // The delivery stays leased: it is made again at the next start.
-            tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, error = %e, "cannot record the outcome");
+        // Until its outcome is recorded the delivery is leased, and no
+        // dispatcher takes it again before the next start: a journal that
+        // fails for a while (full disk, a batch that failed) is asked again.
+        // On shutdown the attempt is cut short after the grace period.
+        loop {
+            match self
+                .journal
+                .record_outcome(out.delivery_id.clone(), attempt, outcome.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(e @ JournalError::Storage(_)) => {
+                    tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, error = %e, "cannot record the outcome; trying again");
+                    tokio::time::sleep(IDLE).await;
+                }
+                Err(e) => {
+                    // The journal is closed (the delivery stays leased and is
+                    // made again at the next start), or the lease is gone.
+                    tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, error = %e, "cannot record the outcome");
+                    break;
+                }
+            }
         }
     }
 
@@ -241,7 +257,9 @@ impl Dispatcher {
             idempotency_key: Some(format!("reply:{}", out.delivery_id)),
             business_key: out.business_key.clone(),
         };
-        match self.intake.accept(incoming).await {
+        // The journal stays open while the dispatchers drain: an answer
+        // that arrives after the hub began to stop is kept all the same.
+        match self.intake.commit(incoming).await {
             Ok(a) => format!("reply accepted as message {}", a.message_id),
             Err(e) => {
                 tracing::error!(message_id = %out.message_id, route = %out.route, destination = %out.destination, delivery_id = %out.delivery_id, error = %e, "the reply could not be journaled");

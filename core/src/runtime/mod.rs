@@ -111,6 +111,13 @@ impl Intake {
         if self.shutdown.is_cancelled() {
             return Err(IntakeError::ShuttingDown);
         }
+        self.commit(incoming).await
+    }
+
+    /// [`Intake::accept`], also while the hub is stopping: for what the hub
+    /// itself takes in while it drains (a destination's answer to an
+    /// attempt in flight), as long as the journal is open.
+    pub(crate) async fn commit(&self, incoming: Incoming) -> Result<Accepted, IntakeError> {
         let accepted = self
             .journal
             .accept(NewMessage::from(incoming))
