@@ -147,12 +147,21 @@ fn build_routes(config: &mut Config) -> Vec<Route> {
 /// One daemon per journal: a second one would break the journal's
 /// single-writer invariant (and release the first one's leases).
 fn lock(config: &Config) -> Result<File, String> {
-    let path = config.journal.path.with_extension("lock");
+    // Beside the journal, named after it in full (`nzela.db.lock`): never
+    // the journal itself, whatever its name.
+    let mut path = config.journal.path.clone().into_os_string();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(

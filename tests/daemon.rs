@@ -1255,3 +1255,43 @@ fn json_logs_are_objects_that_name_the_message_and_route() {
         d.dump()
     );
 }
+
+#[test]
+fn one_daemon_per_journal_and_the_lock_never_touches_the_journal() {
+    let hub = Hub::new();
+    let outbox = hub.path("out");
+    // A journal whose own name ends in `.lock`: its lock file is beside
+    // it, never the journal itself.
+    let text = format!(
+        "shutdown_timeout = \"3s\"\n\n[journal]\npath = {}\n{}{}{}",
+        lit(&hub.path("data/orders.lock")),
+        http_source("orders", ORDERS_PATH, ""),
+        file_outbox("customs", &outbox, "{{ message_id }}.xml"),
+        route("to_customs", "[\"orders\"]", ASYCUDA_MAPPING, "\"customs\""),
+    );
+    let config = hub.config("nzela.toml", &text);
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("LOCK-1")).unwrap());
+    d.wait_for("the declaration", || {
+        (folder(&outbox).0.len() == 1).then_some(())
+    });
+
+    // A second daemon on the same journal is refused, and changes nothing.
+    let second = d.nzela(&["run"]);
+    assert_ne!(second.status.code(), Some(0), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("another nzela is running"),
+        "{}",
+        second.stderr
+    );
+    let shown = d.show(&id).expect("the message is still in the journal");
+    assert_eq!(shown["deliveries"][0]["state"], "delivered", "{shown}");
+
+    // Stopped and started again, the journal still holds the message.
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    d.restart();
+    let shown = d.show("LOCK-1").expect("the message survives a restart");
+    assert_eq!(shown["id"], id.as_str(), "{shown}");
+    assert!(hub.path("data/orders.lock.lock").exists());
+}

@@ -344,6 +344,59 @@ async fn a_refused_message_is_kept_with_its_reason_and_never_routed() {
     );
 }
 
+/// A connector with a bug: its first attempt panics, later ones deliver.
+#[derive(Default)]
+struct PanicsOnce {
+    attempts: Mutex<Vec<u32>>,
+}
+
+impl Destination for PanicsOnce {
+    fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
+        Box::pin(async move {
+            self.attempts.lock().unwrap().push(out.attempt);
+            if out.attempt == 1 {
+                panic!("connector bug on attempt 1");
+            }
+            SendOutcome::Delivered { response: None }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_panics_fails_the_attempt_and_the_delivery_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Arc::new(PanicsOnce::default());
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 5), customs.clone())],
+    );
+    let accepted = hub.intake.accept(incoming("GB-PANIC")).await.unwrap();
+    eventually(&path, "delivered after the panic", |i| {
+        count(i, "delivered") == 1
+    })
+    .await;
+    assert_eq!(*customs.attempts.lock().unwrap(), [1, 2]);
+    let detail = Inspector::open(&path)
+        .unwrap()
+        .show(&accepted.message_id)
+        .unwrap();
+    assert!(
+        detail.events.iter().any(|e| e.kind == "retry_scheduled"
+            && e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("failed unexpectedly"))),
+        "{:?}",
+        detail.events
+    );
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_the_same_delivery_id() {
     let dir = tempfile::tempdir().unwrap();

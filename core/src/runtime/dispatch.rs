@@ -171,12 +171,30 @@ impl Dispatcher {
             correlation_id: d.correlation_id,
             received_at: d.received_at,
         };
-        let result = tokio::time::timeout(s.attempt_timeout, self.destination.send(&out))
-            .await
-            .unwrap_or_else(|_| SendOutcome::Transient {
-                error: format!("no answer within {:?}", s.attempt_timeout),
+        // The attempt runs in a task of its own: a connector that panics
+        // fails this attempt (retried like any transient failure) instead of
+        // stranding the delivery in its lease.
+        let out = Arc::new(out);
+        let task = tokio::spawn({
+            let destination = self.destination.clone();
+            let out = out.clone();
+            async move { destination.send(&out).await }
+        });
+        let abort = task.abort_handle();
+        let result = match tokio::time::timeout(s.attempt_timeout, task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => SendOutcome::Transient {
+                error: format!("the {} connector failed unexpectedly: {e}", s.name),
                 retry_after: None,
-            });
+            },
+            Err(_) => {
+                abort.abort();
+                SendOutcome::Transient {
+                    error: format!("no answer within {:?}", s.attempt_timeout),
+                    retry_after: None,
+                }
+            }
+        };
         let (message_id, route, destination, delivery_id, attempt) = (
             &out.message_id,
             &out.route,

@@ -105,7 +105,7 @@ impl Router {
                 let routes = self.routes.clone();
                 tasks.push(tokio::task::spawn_blocking(move || {
                     part.iter()
-                        .map(|m| route_one(&routes, m))
+                        .map(|m| route_guarded(&routes, m))
                         .collect::<Vec<_>>()
                 }));
             }
@@ -225,6 +225,35 @@ pub fn route_one(routes: &[Route], m: &StoredMessage) -> Routing {
         message_id: m.id.clone(),
         deliveries,
         routes: matched,
+    }
+}
+
+/// [`route_one`], with a panic inside a mapping turned into dead-lettered
+/// deliveries on every route of the message's source, naming the failure:
+/// a message that breaks the engine is kept and reported, and never stops
+/// the router.
+fn route_guarded(routes: &[Route], m: &StoredMessage) -> Routing {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route_one(routes, m))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no detail".to_owned());
+            let error = format!("the mapping failed unexpectedly (internal error: {why})");
+            let mut deliveries = Vec::new();
+            let mut matched = Vec::new();
+            for route in routes.iter().filter(|r| r.from.contains(&m.source)) {
+                deliver_error(&mut deliveries, route, error.clone());
+                matched.push(route.name.clone());
+            }
+            Routing {
+                message_id: m.id.clone(),
+                deliveries,
+                routes: matched,
+            }
+        }
     }
 }
 
