@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::router::Wakeup;
@@ -101,8 +101,9 @@ impl Dispatcher {
             }
             let free = slots.available_permits();
             if free == 0 {
+                // Until a send finishes and frees its slot.
                 tokio::select! {
-                    _ = inflight.join_next() => {}
+                    slot = slots.clone().acquire_owned() => drop(slot),
                     () = shutdown.cancelled() => break,
                 }
                 continue;
@@ -140,10 +141,7 @@ impl Dispatcher {
                     break;
                 };
                 let this = this.clone();
-                inflight.spawn(async move {
-                    this.attempt(d).await;
-                    drop(permit);
-                });
+                inflight.spawn(async move { this.attempt(d, permit).await });
             }
         }
         let drained = tokio::time::timeout(grace, async {
@@ -156,7 +154,10 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, d: Leased) {
+    /// One attempt: the send holds one of the destination's `concurrency`
+    /// slots; recording its outcome does not (the delivery stays leased
+    /// until then, so it cannot be taken twice).
+    async fn attempt(&self, d: Leased, slot: OwnedSemaphorePermit) {
         let s = &self.settings;
         let out = Outbound {
             delivery_id: d.id.clone(),
@@ -195,6 +196,7 @@ impl Dispatcher {
                 }
             }
         };
+        drop(slot);
         let (message_id, route, destination, delivery_id, attempt) = (
             &out.message_id,
             &out.route,
