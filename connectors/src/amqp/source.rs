@@ -237,6 +237,20 @@ async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery
     std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await
 }
 
+/// Hands a delivery back to the broker (nack with requeue), after a pause
+/// when the journal cannot write: the broker delivers it again.
+async fn hand_back(acker: &lapin::Acker, e: &IntakeError) {
+    if matches!(e, IntakeError::Unavailable(_)) {
+        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+    }
+    let _ = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
+}
+
 /// One delivery: decoded, committed (or kept as rejected), then
 /// acknowledged, rejected or handed back.
 async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
@@ -281,15 +295,7 @@ async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
             }
             Err(e) => {
                 tracing::warn!(source, error = %e, "the journal cannot take the message; handing it back to the broker");
-                if matches!(e, IntakeError::Unavailable(_)) {
-                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                }
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                hand_back(&acker, &e).await;
             }
         },
         Checked::Bad(message, reason) => match intake.reject(message, &reason).await {
@@ -301,15 +307,7 @@ async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
             }
             Err(e) => {
                 tracing::warn!(source, error = %e, "the journal cannot keep a rejected message; handing it back to the broker");
-                if matches!(e, IntakeError::Unavailable(_)) {
-                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                }
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                hand_back(&acker, &e).await;
             }
         },
     }

@@ -10,7 +10,10 @@ use rusqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Document, Journal, JournalError, Leased, NewMessage, Outcome, Routing, StoredMessage};
+use super::{
+    Document, Journal, JournalError, Leased, MessageState, NewMessage, Outcome, Routing,
+    StoredMessage,
+};
 use crate::runtime::{Accepted, BoxFuture, now_millis};
 
 /// Most requests committed together.
@@ -523,21 +526,7 @@ fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, ru
             });
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO messages (id, source, received_at, content_type, headers, body, correlation_id, business_key, dedup_key, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'received')",
-    )?
-    .execute(params![
-        m.id,
-        m.source,
-        m.received_at,
-        m.content_type,
-        headers_to_json(&m.headers),
-        m.body,
-        m.correlation_id,
-        m.business_key,
-        m.dedup_key,
-    ])?;
+    insert_message(tx, m, m.dedup_key.as_deref(), MessageState::Received)?;
     // The trail's "received" event is the row itself (see `Inspector::show`):
     // one insert less on the hottest path.
     Ok(Accepted {
@@ -554,9 +543,19 @@ fn reject(
     reason: &str,
     now: i64,
 ) -> Result<(), rusqlite::Error> {
+    insert_message(tx, m, None, MessageState::Rejected)?;
+    event(tx, &m.id, None, now, "rejected", reason)
+}
+
+fn insert_message(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    dedup_key: Option<&str>,
+    state: MessageState,
+) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO messages (id, source, received_at, content_type, headers, body, correlation_id, business_key, dedup_key, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 'rejected')",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         m.id,
@@ -567,8 +566,10 @@ fn reject(
         m.body,
         m.correlation_id,
         m.business_key,
+        dedup_key,
+        state.as_str(),
     ])?;
-    event(tx, &m.id, None, now, "rejected", reason)
+    Ok(())
 }
 
 fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<(), rusqlite::Error> {
