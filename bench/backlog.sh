@@ -15,11 +15,7 @@ SECONDS_RUN=${1:-60}
 CONNECTIONS=${2:-32}
 PORT=${PORT:-18081}
 
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/nzela
-work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 
 root=$(pwd)
 cat > "$work/nzela.toml" <<EOF
@@ -53,11 +49,8 @@ from = "marketplace_orders"
 mapping = "$root/mappings/marketplace-order-to-ubl-order.yaml"
 to = "commerce"
 EOF
-"$bin" run --config "$work/nzela.toml" 2> "$work/nzela.log" &
-pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+start_nzela "$work/nzela.toml" "$PORT"
 
-rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 size() { du -sk "$work" | awk '{print $1}'; }
 echo "t(s)  nzela RSS (KiB)  journal on disk (KiB)"
 (t=0; while kill -0 "$pid" 2>/dev/null; do printf '%4d  %15s  %21s\n' "$t" "$(rss)" "$(size)"; sleep 5; t=$((t + 5)); done) &

@@ -17,11 +17,7 @@ SECONDS_RUN=${1:-20}
 CONNECTIONS=${2:-64}
 PORT=${PORT:-18080}
 
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/nzela
-work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 
 sed -e "s|127.0.0.1:8080|127.0.0.1:$PORT|" \
     -e "s|data/|$work/data/|g" \
@@ -33,11 +29,8 @@ if [ -n "${INTAKE_ONLY:-}" ]; then
   awk '/^\[routes\./ { skip = 1 } /^\[(sources|destinations)\./ { skip = 0 } !skip' \
     "$work/nzela.toml" > "$work/intake.toml" && mv "$work/intake.toml" "$work/nzela.toml"
 fi
-"$bin" run --config "$work/nzela.toml" 2> "$work/nzela.log" &
-pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+start_nzela "$work/nzela.toml" "$PORT"
 
-rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 count() { find "$work/data/out/$1" -name '*.xml' 2>/dev/null | wc -l; }
 
 echo "nzela RSS before: $(rss) KiB"

@@ -97,6 +97,29 @@ fn route(name: &str, from: &str, mapping_file: &str, to: &str) -> String {
     )
 }
 
+/// The shipped configuration's outboxes and routes: every order from
+/// `marketplace_orders` becomes a declaration in `customs` and a UBL order
+/// in `commerce`, both files named with `filename`.
+fn shipped_routes(customs: &Path, commerce: &Path, filename: &str) -> String {
+    [
+        file_outbox("customs_outbox", customs, filename),
+        file_outbox("commerce_outbox", commerce, filename),
+        route(
+            "order_to_customs",
+            "\"marketplace_orders\"",
+            ASYCUDA_MAPPING,
+            "\"customs_outbox\"",
+        ),
+        route(
+            "order_to_commerce",
+            "\"marketplace_orders\"",
+            UBL_MAPPING,
+            "\"commerce_outbox\"",
+        ),
+    ]
+    .concat()
+}
+
 /// The sample order with another order number.
 fn order(id: &str) -> Vec<u8> {
     let mut o = sample_order();
@@ -166,20 +189,7 @@ fn a_posted_order_becomes_a_valid_declaration_and_ubl_order() {
         &[
             top(&hub, "5s"),
             http_source("marketplace_orders", ORDERS_PATH, ""),
-            file_outbox("customs_outbox", &customs, "{{ message_id }}.xml"),
-            file_outbox("commerce_outbox", &commerce, "{{ message_id }}.xml"),
-            route(
-                "order_to_customs",
-                "\"marketplace_orders\"",
-                ASYCUDA_MAPPING,
-                "\"customs_outbox\"",
-            ),
-            route(
-                "order_to_commerce",
-                "\"marketplace_orders\"",
-                UBL_MAPPING,
-                "\"commerce_outbox\"",
-            ),
+            shipped_routes(&customs, &commerce, "{{ message_id }}.xml"),
         ]
         .concat(),
     );
@@ -509,20 +519,7 @@ fn a_resent_order_is_acknowledged_with_the_same_id_and_delivered_once() {
         &[
             top(&hub, "5s"),
             http_source("marketplace_orders", ORDERS_PATH, ""),
-            file_outbox("customs_outbox", &customs, "{{ delivery_id }}.xml"),
-            file_outbox("commerce_outbox", &commerce, "{{ delivery_id }}.xml"),
-            route(
-                "order_to_customs",
-                "\"marketplace_orders\"",
-                ASYCUDA_MAPPING,
-                "\"customs_outbox\"",
-            ),
-            route(
-                "order_to_commerce",
-                "\"marketplace_orders\"",
-                UBL_MAPPING,
-                "\"commerce_outbox\"",
-            ),
+            shipped_routes(&customs, &commerce, "{{ delivery_id }}.xml"),
         ]
         .concat(),
     );

@@ -429,47 +429,48 @@ fn broker_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BrokerUrl>, D::Err
 }
 
 fn check_short(what: &str, s: &str) -> Result<(), String> {
-    if s.len() > MAX_SHORT_STRING {
-        return Err(format!(
-            "{what} \"{s}\" is {} bytes long: AMQP allows {MAX_SHORT_STRING}",
-            s.len()
-        ));
+    super::short(s)
+        .map(|_| ())
+        .map_err(|e| format!("{what} {e}"))
+}
+
+/// A text field AMQP carries as a short string: at most 255 bytes, and not
+/// empty when `if_empty` says why it may not be.
+fn short_field<'de, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+    if_empty: Option<&str>,
+) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if let Some(why) = if_empty.filter(|_| s.is_empty()) {
+        return Err(de::Error::custom(why));
     }
-    Ok(())
+    check_short(what, &s).map_err(de::Error::custom)?;
+    Ok(s)
 }
 
 fn short_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    check_short("the value", &s).map_err(de::Error::custom)?;
-    Ok(s)
+    short_field(d, "the value", None)
 }
 
 fn declared_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.is_empty() {
-        return Err(de::Error::custom(
-            "a name is empty (the default exchange and server-named queues cannot be declared)",
-        ));
-    }
-    check_short("the name", &s).map_err(de::Error::custom)?;
-    Ok(s)
+    short_field(
+        d,
+        "the name",
+        Some("a name is empty (the default exchange and server-named queues cannot be declared)"),
+    )
 }
 
 fn queue_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.is_empty() {
-        return Err(de::Error::custom(
-            "`queue` is empty: name the queue to consume",
-        ));
-    }
-    check_short("`queue`:", &s).map_err(de::Error::custom)?;
-    Ok(s)
+    short_field(
+        d,
+        "`queue`:",
+        Some("`queue` is empty: name the queue to consume"),
+    )
 }
 
 fn exchange_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    check_short("`exchange`:", &s).map_err(de::Error::custom)?;
-    Ok(s)
+    short_field(d, "`exchange`:", None)
 }
 
 fn routing_key_template<'de, D: Deserializer<'de>>(d: D) -> Result<Template, D::Error> {

@@ -202,7 +202,8 @@ pub trait Journal: Send + Sync + 'static {
     fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>>;
 
     /// Keeps a message a source refused (it does not decode), with the
-    /// reason, so that it can be found; it is never routed. Returns its id
+    /// reason, so that it can be found; it is never routed and never the
+    /// first of a duplicate (its duplicate key is not kept). Returns its id
     /// once the commit is on disk.
     fn reject(
         &self,

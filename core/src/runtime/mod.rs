@@ -136,10 +136,8 @@ impl Intake {
     /// declared format) in the journal with `reason`, for operators to
     /// find; it is never routed. Returns its id once committed.
     pub async fn reject(&self, incoming: Incoming, reason: &str) -> Result<String, IntakeError> {
-        let mut message = NewMessage::from(incoming);
-        message.dedup_key = None;
         self.journal
-            .reject(message, reason.to_owned())
+            .reject(NewMessage::from(incoming), reason.to_owned())
             .await
             .map_err(|e| match e {
                 JournalError::Closed => IntakeError::ShuttingDown,

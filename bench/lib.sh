@@ -1,0 +1,21 @@
+# Shared by the HTTP load scripts (sourced, not run): checks for wrk,
+# builds nzela in release mode, and starts and watches it.
+#
+#   start_nzela CONFIG PORT   runs nzela on CONFIG (log in $work/nzela.log),
+#                             sets $pid, waits until /health answers
+#   rss                       nzela's resident memory, KiB
+
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/nzela
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+start_nzela() {
+  "$bin" run --config "$1" 2> "$work/nzela.log" &
+  pid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/health" >/dev/null && break; sleep 0.1; done
+}
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
