@@ -43,10 +43,18 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# CPU time (user + system, clock ticks) a process has used so far.
+hz=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+beam=$(pgrep -f beam.smp | head -1 || true)
+# Microseconds of CPU per message between two tick counts.
+per_msg() { echo "($2 - $1) * 1000000 / $hz / $COUNT" | bc; }
 
 echo "== broker: raw publish and consume ($COUNT messages)"
+b0=$(ticks "$beam")
 raw_pub=$("$rate" publish "$URL" "$run.raw" "$COUNT" "$ORDER" 256)
-echo "$raw_pub"
+b1=$(ticks "$beam")
+echo "$raw_pub (broker CPU $(per_msg "$b0" "$b1") us per message)"
 raw_con=$("$rate" consume "$URL" "$run.raw" "$COUNT" 500)
 echo "$raw_con"
 
@@ -93,6 +101,7 @@ echo "== nzela: consume -> journal -> map -> publish with confirms ($COUNT order
 "$rate" publish "$URL" "$run.in" "$COUNT" "$ORDER" 256 >/dev/null
 # The output queue exists before its consumer starts (nzela binds it).
 "$rate" publish "$URL" "$run.out" 0 "$ORDER" >/dev/null
+b0=$(ticks "$beam")
 "$bin" run --config "$work/nzela.toml" > "$work/nzela.log" 2>&1 &
 pid=$!
 start=$(date +%s.%N)
@@ -101,6 +110,9 @@ end=$(date +%s.%N)
 echo "$e2e (declarations arriving)"
 echo "from nzela's start to the last declaration: $(echo "$end - $start" | bc) s"
 echo "nzela RSS at the end: $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") KiB"
+b1=$(ticks "$beam")
+echo "CPU per message over the run: nzela $(per_msg 0 "$(ticks "$pid")") us, broker $(per_msg "$b0" "$b1") us"
+
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 
 r() { sed -E 's/.*: ([0-9]+) msg\/s.*/\1/' <<<"$1"; }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use nzela_connectors::SourceConfig;
 use nzela_core::journal::{Journal, SqliteJournal};
-use nzela_core::runtime::dispatch::Dispatcher;
-use nzela_core::runtime::router::{Route, Router, Wakeup};
+use nzela_core::runtime::dispatch::{Dispatcher, Handoff};
+use nzela_core::runtime::router::{Feed, Route, Router};
 use nzela_core::runtime::{CancellationToken, Intake};
 use tokio::task::JoinSet;
 
@@ -39,24 +39,26 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         );
     }
     let shutdown = CancellationToken::new();
-    let router_wakeup = Wakeup::default();
-    let intake = Intake::new(journal.clone(), router_wakeup.clone(), shutdown.clone());
+    let router_feed = Feed::default();
+    let intake = Intake::new(journal.clone(), router_feed.clone(), shutdown.clone());
 
     // Dispatchers first: one per destination.
     let mut workers = JoinSet::new();
-    let mut dispatch_wakeups = HashMap::new();
+    let mut handoffs = HashMap::new();
     let drain = shutdown.child_token();
     for (name, d) in &config.destinations {
         let destination = nzela_connectors::build_destination(name, d)
             .await
             .map_err(|e| format!("destination {name}: {e}"))?;
-        let wakeup = Wakeup::default();
-        dispatch_wakeups.insert(name.clone(), wakeup.clone());
+        let settings = d.dispatch_settings(name);
+        // Room in memory for the deliveries in flight and as many waiting.
+        let handoff = Handoff::new((settings.concurrency * 2).max(256));
+        handoffs.insert(name.clone(), handoff.clone());
         let dispatcher = Dispatcher::new(
-            d.dispatch_settings(name),
+            settings,
             destination,
             journal.clone(),
-            wakeup,
+            handoff,
             intake.clone(),
         );
         let grace = config.shutdown_timeout;
@@ -64,7 +66,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     }
 
     let routes = build_routes(&mut config);
-    let router = Router::new(journal.clone(), routes, router_wakeup, dispatch_wakeups);
+    let router = Router::new(journal.clone(), routes, router_feed, handoffs);
     workers.spawn(router.run(drain.clone()));
 
     // Sources last. HTTP endpoints that share an address share a server.

@@ -5,7 +5,8 @@
 //!
 //! Every test uses queues and exchanges of its own (a random suffix), and
 //! deletes them at the end. The broker-restart test stops the broker for
-//! everyone: it holds [`BROKER`] exclusively, the others share it.
+//! everyone: it holds the broker lock ([`broker_lock`]) exclusively, the
+//! others share it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,13 +23,33 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::RwLock;
 
 const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Shared by tests that only need the broker up; held alone by the test
-/// that restarts it.
-static BROKER: RwLock<()> = RwLock::const_new(());
+/// that restarts it. A lock on a file, so that it also holds between test
+/// processes (`cargo nextest` runs each test in a process of its own);
+/// released when the test ends and the file is closed.
+async fn broker_lock(alone: bool) -> std::fs::File {
+    tokio::task::spawn_blocking(move || {
+        let path = std::env::temp_dir().join("nzela-tests-rabbitmq.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        if alone {
+            file.lock()
+        } else {
+            file.lock_shared()
+        }
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+        file
+    })
+    .await
+    .expect("take the broker lock")
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -489,7 +510,7 @@ fn assert_exactly_once_per_delivery(received: &Received, correlations: &[String]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_consumed_from_a_queue_is_published_as_a_declaration() {
-    let _shared = BROKER.read().await;
+    let _shared = broker_lock(false).await;
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
@@ -552,7 +573,7 @@ async fn an_order_consumed_from_a_queue_is_published_as_a_declaration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_message_is_dead_lettered_and_kept_as_rejected() {
-    let _shared = BROKER.read().await;
+    let _shared = broker_lock(false).await;
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
@@ -605,7 +626,7 @@ async fn a_malformed_message_is_dead_lettered_and_kept_as_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_declaration_is_retried_until_a_queue_is_bound() {
-    let _shared = BROKER.read().await;
+    let _shared = broker_lock(false).await;
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let mut nzela = Nzela::start(dir.path(), &config(&b, dir.path(), 10, 4));
@@ -688,7 +709,7 @@ async fn publish_orders(b: &Broker, from: usize, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_the_middle_of_thousands_of_messages_loses_none() {
-    let _shared = BROKER.read().await;
+    let _shared = broker_lock(false).await;
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(&b, dir.path(), 200, 32);
@@ -741,7 +762,7 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
-    let _alone = BROKER.write().await;
+    let _alone = broker_lock(true).await;
     let b = Broker::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(&b, dir.path(), 50, 8);

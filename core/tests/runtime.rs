@@ -11,8 +11,8 @@ use nzela_core::journal::{
     NewMessage, Outcome, Routing, SqliteJournal, StoredMessage,
 };
 use nzela_core::mapping::{Condition, Mapping};
-use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, RetryPolicy};
-use nzela_core::runtime::router::{Route, Router, Wakeup};
+use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, Handoff, RetryPolicy};
+use nzela_core::runtime::router::{Feed, Route, Router};
 use nzela_core::runtime::{
     Accepted, BoxFuture, CancellationToken, Destination, Incoming, Intake, IntakeError, Outbound,
     Reply, SendOutcome,
@@ -117,22 +117,38 @@ impl Hub {
         routes: Vec<Route>,
         destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
     ) -> Hub {
+        Hub::start_with(
+            path,
+            routes,
+            destinations,
+            Feed::default(),
+            Handoff::default,
+        )
+    }
+
+    /// With the router's feed and the dispatchers' handoffs given.
+    fn start_with(
+        path: &Path,
+        routes: Vec<Route>,
+        destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
+        router_feed: Feed,
+        handoff: impl Fn() -> Handoff,
+    ) -> Hub {
         let journal = Arc::new(SqliteJournal::open(path).unwrap());
         let shutdown = CancellationToken::new();
-        let router_wakeup = Wakeup::default();
         let dyn_journal: Arc<dyn Journal> = journal.clone();
-        let intake = Intake::new(dyn_journal.clone(), router_wakeup.clone(), shutdown.clone());
+        let intake = Intake::new(dyn_journal.clone(), router_feed.clone(), shutdown.clone());
         let mut wakeups = HashMap::new();
         let mut tasks = Vec::new();
         for (s, d) in destinations {
-            let w = Wakeup::default();
+            let w = handoff();
             wakeups.insert(s.name.clone(), w.clone());
             let dispatcher = Dispatcher::new(s, d, dyn_journal.clone(), w, intake.clone());
             tasks.push(tokio::spawn(
                 dispatcher.run(shutdown.clone(), Duration::from_secs(2)),
             ));
         }
-        let router = Router::new(dyn_journal, routes, router_wakeup, wakeups);
+        let router = Router::new(dyn_journal, routes, router_feed, wakeups);
         tasks.push(tokio::spawn(router.run(shutdown.clone())));
         Hub {
             journal,
@@ -188,7 +204,7 @@ async fn every_accepted_message_is_on_disk_when_accept_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let journal = Arc::new(SqliteJournal::open(&path).unwrap());
-    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let intake = Intake::new(journal.clone(), Feed::default(), CancellationToken::new());
     let mut tasks = Vec::new();
     for i in 0..500 {
         let intake = intake.clone();
@@ -220,7 +236,7 @@ async fn a_resent_message_is_a_duplicate_of_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let journal = Arc::new(SqliteJournal::open(&path).unwrap());
-    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let intake = Intake::new(journal.clone(), Feed::default(), CancellationToken::new());
     let first = intake.accept(incoming("GB-1")).await.unwrap();
     let again = intake.accept(incoming("GB-1")).await.unwrap();
     assert_eq!(again.message_id, first.message_id);
@@ -260,7 +276,7 @@ async fn a_full_journal_refuses_messages_and_keeps_everything_it_acknowledged() 
         max_size: Some(512 * 1024),
     };
     let journal = Arc::new(SqliteJournal::open_with(&path, &options).unwrap());
-    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let intake = Intake::new(journal.clone(), Feed::default(), CancellationToken::new());
     let big = |i: usize| {
         let mut m = incoming(&format!("GB-{i}"));
         m.body.resize(8 * 1024, b' ');
@@ -311,7 +327,7 @@ async fn a_refused_message_is_kept_with_its_reason_and_never_routed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let journal = Arc::new(SqliteJournal::open(&path).unwrap());
-    let intake = Intake::new(journal.clone(), Wakeup::default(), CancellationToken::new());
+    let intake = Intake::new(journal.clone(), Feed::default(), CancellationToken::new());
     let mut bad = incoming("GB-9");
     bad.body = b"{\"order\": ".to_vec();
     bad.idempotency_key = Some("m-9".into());
@@ -394,6 +410,137 @@ async fn a_connector_that_panics_fails_the_attempt_and_the_delivery_is_retried()
         "{:?}",
         detail.events
     );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_memory_queues_every_message_is_still_delivered_exactly_once() {
+    // Room for 3 messages on the way to the router and 2 deliveries on the
+    // way to each dispatcher: most of the 60 overflow and take the way
+    // through the journal, the others the way through memory.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![]);
+    let commerce = Scripted::with(vec![]);
+    let hub = Hub::start_with(
+        &path,
+        vec![
+            route(
+                "to_customs",
+                "marketplace-order-to-asycuda-export.yaml",
+                &["customs"],
+            ),
+            route(
+                "to_commerce",
+                "marketplace-order-to-ubl-order.yaml",
+                &["commerce"],
+            ),
+        ],
+        vec![
+            (settings("customs", 10), customs.clone()),
+            (settings("commerce", 10), commerce.clone()),
+        ],
+        Feed::new(3),
+        || Handoff::new(2),
+    );
+    let mut accepts = tokio::task::JoinSet::new();
+    for n in 0..60 {
+        let intake = hub.intake.clone();
+        accepts.spawn(async move { intake.accept(incoming(&format!("GB-M{n}"))).await });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(a) = accepts.join_next().await {
+        ids.insert(a.unwrap().unwrap().message_id);
+    }
+    assert_eq!(ids.len(), 60);
+    eventually(&path, "every message delivered twice", |i| {
+        i.list(&ListFilter {
+            state: Some("delivered".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .filter(|m| m.deliveries.len() == 2 && m.deliveries.iter().all(|d| d.state == "delivered"))
+        .count()
+            == 60
+    })
+    .await;
+    for (name, d) in [("customs", &customs), ("commerce", &commerce)] {
+        let seen = d.seen();
+        let deliveries: std::collections::BTreeSet<_> =
+            seen.iter().map(|o| o.delivery_id.clone()).collect();
+        let messages: std::collections::BTreeSet<_> =
+            seen.iter().map(|o| o.message_id.clone()).collect();
+        assert_eq!(seen.len(), 60, "{name}: every delivery sent once");
+        assert_eq!(deliveries.len(), 60, "{name}: a delivery was sent twice");
+        assert_eq!(messages, ids, "{name}: one delivery per message");
+        assert!(seen.iter().all(|o| o.attempt == 1), "{name}");
+    }
+    // Routed once: two deliveries per message in the journal, no more.
+    let inspector = Inspector::open(&path).unwrap();
+    for id in &ids {
+        assert_eq!(inspector.show(id).unwrap().summary.deliveries.len(), 2);
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_handed_over_again_after_its_routing_is_not_sent_again() {
+    // The router may see a message twice (from memory and from the
+    // journal); the second routing is not recorded, and its deliveries
+    // must not reach a dispatcher.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![]);
+    let feed = Feed::default();
+    let hub = Hub::start_with(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 10), customs.clone())],
+        feed.clone(),
+        Handoff::default,
+    );
+    let accepted = hub.intake.accept(incoming("GB-TWICE")).await.unwrap();
+    eventually(&path, "delivered", |i| count(i, "delivered") == 1).await;
+    feed.committed(|| StoredMessage {
+        id: accepted.message_id.clone(),
+        source: "orders".into(),
+        received_at: 0,
+        content_type: Some("application/json".into()),
+        headers: vec![],
+        body: order("GB-TWICE"),
+        correlation_id: None,
+        business_key: Some("GB-TWICE".into()),
+    });
+    // A second message behind it: once it is delivered, the first was
+    // routed again long before.
+    hub.intake.accept(incoming("GB-AFTER")).await.unwrap();
+    eventually(&path, "the second delivered", |i| {
+        count(i, "delivered") == 2
+    })
+    .await;
+    let seen = customs.seen();
+    assert_eq!(
+        seen.iter()
+            .filter(|o| o.message_id == accepted.message_id)
+            .count(),
+        1,
+        "sent again: {:?}",
+        seen.iter()
+            .map(|o| (&o.message_id, &o.delivery_id))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(seen.len(), 2);
+    let detail = Inspector::open(&path)
+        .unwrap()
+        .show(&accepted.message_id)
+        .unwrap();
+    assert_eq!(detail.summary.deliveries.len(), 1);
     hub.stop().await;
 }
 
@@ -716,7 +863,10 @@ impl Journal for OutcomeFailsOnce {
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
         self.inner.received(limit)
     }
-    fn record_routing(&self, routings: Vec<Routing>) -> BoxFuture<'_, Result<(), JournalError>> {
+    fn record_routing(
+        &self,
+        routings: Vec<Routing>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, JournalError>> {
         self.inner.record_routing(routings)
     }
     fn lease<'a>(
@@ -764,10 +914,10 @@ async fn an_outcome_that_cannot_be_recorded_is_recorded_once_the_journal_can() {
         failed: Default::default(),
     });
     let shutdown = CancellationToken::new();
-    let router_wakeup = Wakeup::default();
-    let intake = Intake::new(journal.clone(), router_wakeup.clone(), shutdown.clone());
+    let router_feed = Feed::default();
+    let intake = Intake::new(journal.clone(), router_feed.clone(), shutdown.clone());
     let customs = Scripted::with(vec![]);
-    let wakeup = Wakeup::default();
+    let wakeup = Handoff::default();
     let dispatcher = Dispatcher::new(
         settings("customs", 10),
         customs.clone(),
@@ -782,7 +932,7 @@ async fn an_outcome_that_cannot_be_recorded_is_recorded_once_the_journal_can() {
             "marketplace-order-to-asycuda-export.yaml",
             &["customs"],
         )],
-        router_wakeup,
+        router_feed,
         HashMap::from([("customs".to_owned(), wakeup)]),
     );
     let tasks = [
@@ -920,6 +1070,7 @@ async fn a_replay_beside_a_busy_journal_waits_for_its_turn() {
                         content_type: "application/xml".into(),
                         extension: "xml".into(),
                     }),
+                    leased: false,
                 }],
                 routes: vec!["to_customs".into()],
             }])

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nzela_core::journal::{Inspector, Journal, ListFilter, MessageSummary, SqliteJournal};
-use nzela_core::runtime::router::Wakeup;
+use nzela_core::runtime::router::Feed;
 use nzela_core::runtime::{CancellationToken, Destination, Intake, Outbound, SendOutcome};
 use serde_json::{Value as Json, json};
 use tokio::task::JoinHandle;
@@ -80,7 +80,7 @@ async fn start(extra: Json) -> Inbox {
     let source = FileSource::build("inbox", &config).await.unwrap();
     let intake = Intake::new(
         journal.clone() as Arc<dyn Journal>,
-        Wakeup::default(),
+        Feed::default(),
         CancellationToken::new(),
     );
     let shutdown = CancellationToken::new();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nzela_core::journal::{Inspector, Journal, JournalOptions, ListFilter, SqliteJournal};
-use nzela_core::runtime::router::Wakeup;
+use nzela_core::runtime::router::Feed;
 use nzela_core::runtime::{CancellationToken, Intake};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,7 +54,7 @@ async fn start_with(endpoints: Vec<(&str, Config)>, options: JournalOptions) -> 
     let journal = Arc::new(SqliteJournal::open_with(&db, &options).unwrap());
     let intake = Intake::new(
         journal.clone() as Arc<dyn Journal>,
-        Wakeup::default(),
+        Feed::default(),
         CancellationToken::new(),
     );
     let endpoints = endpoints

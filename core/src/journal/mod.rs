@@ -40,14 +40,18 @@
 //! - after the accept commit, before routing: the message is `received`;
 //!   the router picks it up at the next start;
 //! - after routing: its deliveries are `pending`, or `inflight` if a
-//!   dispatcher had leased them; at the next start every `inflight`
-//!   delivery is `pending` again, due at once (one instance owns an SQLite
-//!   journal, so no lease can belong to a living dispatcher);
+//!   dispatcher had leased them (the router leases a new delivery to its
+//!   dispatcher in the routing transaction when the dispatcher has room
+//!   for it in memory); at the next start every `inflight` delivery is
+//!   `pending` again, due at once (one instance owns an SQLite journal, so
+//!   no lease can belong to a living dispatcher);
 //! - after a send, before its outcome is committed: the delivery is sent
 //!   again with the same id; destinations use the id to recognise it.
 //!
-//! Everything the router and dispatchers work on is read from the journal
-//! in bounded pages, so a backlog lives on disk, not in memory.
+//! The router and dispatchers are handed what was just committed in
+//! memory, in bounded queues; past those bounds, and after a restart, they
+//! read the journal in bounded pages, so a backlog lives on disk, not in
+//! memory.
 
 mod sqlite;
 
@@ -134,6 +138,10 @@ pub struct NewDelivery {
     /// The mapped document, or why mapping failed (the delivery is then
     /// dead-lettered at once: a mapping error is permanent).
     pub document: Result<Document, String>,
+    /// Handed at once to its dispatcher, which makes the first attempt
+    /// from memory: the delivery is stored leased (`inflight`, attempt 1)
+    /// rather than `pending`.
+    pub leased: bool,
 }
 
 /// A mapped document.
@@ -214,8 +222,13 @@ pub trait Journal: Send + Sync + 'static {
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>>;
 
     /// Records the routing of messages: their deliveries, or that they
-    /// matched no route.
-    fn record_routing(&self, routings: Vec<Routing>) -> BoxFuture<'_, Result<(), JournalError>>;
+    /// matched no route. Says for each routing whether it was recorded:
+    /// `false` for a message routed already, whose new deliveries are
+    /// discarded (a message is routed once).
+    fn record_routing(
+        &self,
+        routings: Vec<Routing>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, JournalError>>;
 
     /// Leases up to `limit` deliveries of `destination` that are due at
     /// `now`, counting an attempt for each.

@@ -5,8 +5,10 @@
 //! dead-lettered with its reason. Destinations are independent: one that is
 //! down holds back nothing else.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -20,6 +22,97 @@ use crate::journal::{Journal, JournalError, Leased, Outcome};
 /// How long an idle dispatcher waits before looking at the journal anyway
 /// (an operator's replay, a retry that came due).
 const IDLE: Duration = Duration::from_secs(1);
+
+/// New deliveries the router hands to a dispatcher in memory, leased to it
+/// in the same transaction that stored them (`inflight`, attempt 1): the
+/// dispatcher sends them without reading them back from the journal. A
+/// bounded number; past it, deliveries are stored `pending` and the
+/// dispatcher is told to read the journal. Cheap to clone.
+#[derive(Clone)]
+pub struct Handoff(Arc<HandoffInner>);
+
+struct HandoffInner {
+    wakeup: Wakeup,
+    capacity: usize,
+    /// Deliveries waiting, and room promised to routings not committed yet.
+    queue: Mutex<(VecDeque<Leased>, usize)>,
+    /// Deliveries wait in the journal (stored `pending`).
+    missed: AtomicBool,
+    /// The soonest retry recorded since the dispatcher last read the
+    /// journal, unix milliseconds.
+    retry_at: AtomicI64,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Handoff::new(1024)
+    }
+}
+
+impl Handoff {
+    /// Room for `capacity` deliveries.
+    pub fn new(capacity: usize) -> Handoff {
+        Handoff(Arc::new(HandoffInner {
+            wakeup: Wakeup::default(),
+            capacity: capacity.max(1),
+            queue: Mutex::new((VecDeque::new(), 0)),
+            missed: AtomicBool::new(false),
+            retry_at: AtomicI64::new(i64::MAX),
+        }))
+    }
+
+    /// Promises room for one delivery, until [`Handoff::give`] or
+    /// [`Handoff::cancel`]; `false` when there is none.
+    pub fn reserve(&self) -> bool {
+        match self.0.queue.lock() {
+            Ok(mut q) if q.0.len() + q.1 < self.0.capacity => {
+                q.1 += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands over a delivery whose lease is committed, in reserved room.
+    pub fn give(&self, d: Leased) {
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.1 = q.1.saturating_sub(1);
+            q.0.push_back(d);
+        } else {
+            // Unreachable in practice (no code panics holding the lock);
+            // the delivery is leased in the journal and sent after a restart.
+            self.0.missed.store(true, Ordering::Release);
+        }
+        self.0.wakeup.wake();
+    }
+
+    /// Gives back reserved room (the routing was not recorded).
+    pub fn cancel(&self) {
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.1 = q.1.saturating_sub(1);
+        }
+    }
+
+    /// Tells the dispatcher that deliveries wait in the journal.
+    pub fn wake(&self) {
+        self.0.missed.store(true, Ordering::Release);
+        self.0.wakeup.wake();
+    }
+
+    fn take(&self, max: usize) -> Vec<Leased> {
+        match self.0.queue.lock() {
+            Ok(mut q) => {
+                let n = q.0.len().min(max);
+                q.0.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn retry_at(&self, at: i64) {
+        self.0.retry_at.fetch_min(at, Ordering::AcqRel);
+    }
+}
 
 /// When to give up on a delivery that keeps failing for now.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +158,7 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     destination: Arc<dyn Destination>,
     journal: Arc<dyn Journal>,
-    wakeup: Wakeup,
+    handoff: Handoff,
     intake: Intake,
 }
 
@@ -74,14 +167,14 @@ impl Dispatcher {
         settings: DispatchSettings,
         destination: Arc<dyn Destination>,
         journal: Arc<dyn Journal>,
-        wakeup: Wakeup,
+        handoff: Handoff,
         intake: Intake,
     ) -> Dispatcher {
         Dispatcher {
             settings,
             destination,
             journal,
-            wakeup,
+            handoff,
             intake,
         }
     }
@@ -93,6 +186,10 @@ impl Dispatcher {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
         let mut inflight = JoinSet::new();
+        let handoff = &this.handoff;
+        // Read the journal first: what was due before the start.
+        let mut from_journal = true;
+        let mut looked = Instant::now();
         loop {
             // Reap finished attempts (their errors are logged where they happen).
             while inflight.try_join_next().is_some() {}
@@ -108,35 +205,61 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let leased = match this
-                .journal
-                .lease(&this.settings.name, now_millis(), free)
-                .await
+            // The journal holds deliveries stored `pending` when the handoff
+            // was full, retries coming due, and an operator's replays: read
+            // it when told to, when a retry is due, and every second anyway
+            // (so a steady stream in memory never holds back a retry).
+            if handoff.0.missed.swap(false, Ordering::AcqRel)
+                || looked.elapsed() >= IDLE
+                || handoff.0.retry_at.load(Ordering::Acquire) <= now_millis()
             {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(destination = %this.settings.name, error = %e, "cannot lease deliveries; trying again");
-                    wait(&this.wakeup, &shutdown, IDLE).await;
-                    continue;
-                }
-            };
-            if leased.is_empty() {
-                let idle = match this.journal.next_due(&this.settings.name).await {
-                    Ok(Some(at)) => {
-                        Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
-                            .min(IDLE)
+                from_journal = true;
+            }
+            let mut batch = Vec::new();
+            if from_journal {
+                looked = Instant::now();
+                handoff.0.retry_at.store(i64::MAX, Ordering::Release);
+                match this
+                    .journal
+                    .lease(&this.settings.name, now_millis(), free)
+                    .await
+                {
+                    Ok(l) => batch = l,
+                    Err(e) => {
+                        tracing::error!(destination = %this.settings.name, error = %e, "cannot lease deliveries; trying again");
+                        wait(&handoff.0.wakeup, &shutdown, IDLE).await;
+                        continue;
                     }
-                    _ => IDLE,
-                };
+                }
+                // A full page: there may be more.
+                from_journal = batch.len() == free;
+                if !from_journal
+                    && let Ok(Some(at)) = this.journal.next_due(&this.settings.name).await
+                {
+                    handoff.retry_at(at);
+                }
+            }
+            if batch.len() < free {
+                batch.extend(handoff.take(free - batch.len()));
+            }
+            if batch.is_empty() {
+                let until = handoff
+                    .0
+                    .retry_at
+                    .load(Ordering::Acquire)
+                    .saturating_sub(now_millis());
+                let idle = IDLE
+                    .saturating_sub(looked.elapsed())
+                    .min(Duration::from_millis(u64::try_from(until).unwrap_or(0)));
                 if !idle.is_zero() {
                     tokio::select! {
-                        () = wait(&this.wakeup, &shutdown, idle) => {}
+                        () = wait(&handoff.0.wakeup, &shutdown, idle) => {}
                         Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                     }
                 }
                 continue;
             }
-            for d in leased {
+            for d in batch {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -251,7 +374,13 @@ impl Dispatcher {
                 .record_outcome(out.delivery_id.clone(), attempt, outcome.clone())
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Outcome::Retry { at, .. } = &outcome {
+                        // The dispatcher looks at the journal when it is due.
+                        self.handoff.retry_at(*at);
+                    }
+                    break;
+                }
                 Err(e @ JournalError::Storage(_)) => {
                     tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, error = %e, "cannot record the outcome; trying again");
                     tokio::time::sleep(IDLE).await;

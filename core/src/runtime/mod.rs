@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Journal, JournalError, NewMessage};
+use crate::journal::{Journal, JournalError, NewMessage, StoredMessage};
 use crate::mapping::path::Path;
 use crate::value::Value;
 
@@ -81,7 +81,7 @@ pub enum IntakeError {
 #[derive(Clone)]
 pub struct Intake {
     journal: Arc<dyn Journal>,
-    router: router::Wakeup,
+    router: router::Feed,
     shutdown: CancellationToken,
 }
 
@@ -94,7 +94,7 @@ impl fmt::Debug for Intake {
 impl Intake {
     pub fn new(
         journal: Arc<dyn Journal>,
-        router: router::Wakeup,
+        router: router::Feed,
         shutdown: CancellationToken,
     ) -> Intake {
         Intake {
@@ -118,16 +118,24 @@ impl Intake {
     /// itself takes in while it drains (a destination's answer to an
     /// attempt in flight), as long as the journal is open.
     pub(crate) async fn commit(&self, incoming: Incoming) -> Result<Accepted, IntakeError> {
-        let accepted = self
-            .journal
-            .accept(NewMessage::from(incoming))
-            .await
-            .map_err(|e| match e {
-                JournalError::Closed => IntakeError::ShuttingDown,
-                other => IntakeError::Unavailable(other.to_string()),
-            })?;
+        let message = NewMessage::from(incoming);
+        let routed = StoredMessage {
+            id: message.id.clone(),
+            source: message.source.clone(),
+            received_at: message.received_at,
+            content_type: message.content_type.clone(),
+            headers: message.headers.clone(),
+            body: message.body.clone(),
+            correlation_id: message.correlation_id.clone(),
+            business_key: message.business_key.clone(),
+        };
+        let accepted = self.journal.accept(message).await.map_err(|e| match e {
+            JournalError::Closed => IntakeError::ShuttingDown,
+            other => IntakeError::Unavailable(other.to_string()),
+        })?;
         if !accepted.duplicate {
-            self.router.wake();
+            // The router maps it from memory, without reading it back.
+            self.router.committed(|| routed);
         }
         Ok(accepted)
     }

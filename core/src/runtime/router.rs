@@ -2,19 +2,27 @@
 //! that apply, maps each message once per route, and records one delivery
 //! per destination, in the same transaction that marks the message routed.
 //!
-//! It reads from the journal, not from memory: a message accepted just
-//! before a crash is routed after the restart like any other. Sources wake
-//! it after each commit; without a wake-up it still looks every second.
+//! The journal is the truth; memory is a shortcut. After each commit the
+//! intake hands the committed message to the router's [`Feed`], so that
+//! the router need not read back what was just written. The router reads
+//! from the journal at start (a message accepted just before a crash is
+//! routed after the restart like any other), whenever the feed overflowed
+//! or a recording failed, and every second when idle. A message can thus
+//! be seen twice (from the feed and from the journal): the journal routes
+//! a message once only, and the second routing is discarded.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::CancellationToken;
+use super::dispatch::Handoff;
+use super::now_millis;
 use crate::codec::Codec;
-use crate::journal::{Document, Journal, NewDelivery, Routing, StoredMessage, new_id};
+use crate::journal::{Document, Journal, Leased, NewDelivery, Routing, StoredMessage, new_id};
 use crate::mapping::{Condition, Mapping};
 use crate::value::Value;
 
@@ -38,6 +46,83 @@ impl Wakeup {
     }
 }
 
+/// Committed messages waiting in memory to be routed (no more than this;
+/// past it the router reads them back from the journal).
+const FEED: usize = 4 * PAGE;
+
+/// The way from the intake to the router: the messages just committed, and
+/// the wake-up. Cheap to clone.
+#[derive(Clone)]
+pub struct Feed(Arc<FeedInner>);
+
+struct FeedInner {
+    wakeup: Wakeup,
+    capacity: usize,
+    queue: Mutex<VecDeque<StoredMessage>>,
+    /// Messages were committed that are not in `queue`: the router must
+    /// read the journal.
+    missed: AtomicBool,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed::new(FEED)
+    }
+}
+
+impl Feed {
+    /// Room for `capacity` messages.
+    pub fn new(capacity: usize) -> Feed {
+        Feed(Arc::new(FeedInner {
+            wakeup: Wakeup::default(),
+            capacity,
+            queue: Mutex::default(),
+            missed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Hands over a message just committed to the journal (in state
+    /// `received`). `message` is called only when there is room.
+    pub fn committed(&self, message: impl FnOnce() -> StoredMessage) {
+        let kept = match self.0.queue.lock() {
+            Ok(mut q) if q.len() < self.0.capacity => {
+                q.push_back(message());
+                true
+            }
+            _ => false,
+        };
+        if !kept {
+            self.0.missed.store(true, Ordering::Release);
+        }
+        self.0.wakeup.wake();
+    }
+
+    fn take(&self, max: usize) -> Vec<StoredMessage> {
+        match self.0.queue.lock() {
+            Ok(mut q) => {
+                let n = q.len().min(max);
+                q.drain(..n).collect()
+            }
+            Err(_) => {
+                self.0.missed.store(true, Ordering::Release);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Everything waiting in memory is in the journal as well: forgets it
+    /// before a journal read, which finds it.
+    fn clear(&self) {
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.clear();
+        }
+    }
+
+    fn missed(&self) -> bool {
+        self.0.missed.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// A route: where messages from some sources go, and as what.
 pub struct Route {
     pub name: String,
@@ -53,22 +138,22 @@ pub struct Route {
 pub struct Router {
     journal: Arc<dyn Journal>,
     routes: Arc<Vec<Route>>,
-    wakeup: Wakeup,
-    /// Wakes the dispatcher of each destination.
-    dispatchers: HashMap<String, Wakeup>,
+    feed: Feed,
+    /// Each destination's dispatcher, handed its new deliveries.
+    dispatchers: HashMap<String, Handoff>,
 }
 
 impl Router {
     pub fn new(
         journal: Arc<dyn Journal>,
         routes: Vec<Route>,
-        wakeup: Wakeup,
-        dispatchers: HashMap<String, Wakeup>,
+        feed: Feed,
+        dispatchers: HashMap<String, Handoff>,
     ) -> Router {
         Router {
             journal,
             routes: Arc::new(routes),
-            wakeup,
+            feed,
             dispatchers,
         }
     }
@@ -77,22 +162,37 @@ impl Router {
     /// not is routed at the next start.
     pub async fn run(self, shutdown: CancellationToken) {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Read the journal first: what was accepted before the start.
+        let mut from_journal = true;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let page = match self.journal.received(PAGE).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read messages to route; trying again");
-                    pause(&shutdown, IDLE).await;
-                    continue;
+            if self.feed.missed() {
+                from_journal = true;
+            }
+            let page = if from_journal {
+                self.feed.clear();
+                match self.journal.received(PAGE).await {
+                    Ok(p) => {
+                        // Read until the journal has nothing left.
+                        from_journal = !p.is_empty();
+                        p
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read messages to route; trying again");
+                        pause(&shutdown, IDLE).await;
+                        continue;
+                    }
                 }
+            } else {
+                self.feed.take(PAGE)
             };
             if page.is_empty() {
                 tokio::select! {
-                    () = self.wakeup.wait() => {}
-                    () = tokio::time::sleep(IDLE) => {}
+                    () = self.feed.0.wakeup.wait() => {}
+                    // Quiet for a while: look at the journal anyway.
+                    () = tokio::time::sleep(IDLE) => from_journal = true,
                     () = shutdown.cancelled() => return,
                 }
                 continue;
@@ -109,36 +209,105 @@ impl Router {
                         .collect::<Vec<_>>()
                 }));
             }
-            let mut routings = Vec::with_capacity(page.len());
+            let mut routings: Vec<Routing> = Vec::with_capacity(page.len());
             for t in tasks {
                 match t.await {
                     Ok(r) => routings.extend(r),
                     Err(e) => tracing::error!(error = %e, "a routing task failed"),
                 }
             }
-            let destinations: Vec<String> = routings
-                .iter()
-                .flat_map(|r| {
-                    r.deliveries
-                        .iter()
-                        .filter(|d| d.document.is_ok())
-                        .map(|d| d.destination.clone())
-                })
-                .collect();
             for r in &routings {
                 log_routing(r);
             }
-            if let Err(e) = self.journal.record_routing(routings).await {
-                tracing::error!(error = %e, "cannot record routing; trying again");
-                pause(&shutdown, IDLE).await;
-                continue;
-            }
-            for d in destinations {
-                if let Some(w) = self.dispatchers.get(&d) {
-                    w.wake();
+            let handed = self.lease_new(&page, &mut routings);
+            let missed: std::collections::BTreeSet<String> = routings
+                .iter()
+                .flat_map(|r| &r.deliveries)
+                .filter(|d| d.document.is_ok() && !d.leased)
+                .map(|d| d.destination.clone())
+                .collect();
+            match self.journal.record_routing(routings).await {
+                Ok(recorded) => {
+                    for (deliveries, recorded) in handed.into_iter().zip(recorded) {
+                        for (handoff, d) in deliveries {
+                            if recorded {
+                                handoff.give(d);
+                            } else {
+                                // Routed already: this delivery was not stored.
+                                handoff.cancel();
+                            }
+                        }
+                    }
+                    // Deliveries stored `pending` (no room in memory).
+                    for d in missed {
+                        if let Some(h) = self.dispatchers.get(&d) {
+                            h.wake();
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (handoff, _) in handed.into_iter().flatten() {
+                        handoff.cancel();
+                    }
+                    tracing::error!(error = %e, "cannot record routing; trying again");
+                    // The page is gone from memory, not from the journal.
+                    from_journal = true;
+                    pause(&shutdown, IDLE).await;
                 }
             }
         }
+    }
+
+    /// Leases each new delivery to its dispatcher where it has room in
+    /// memory (the delivery is then stored `inflight`, attempt 1). Returns,
+    /// per routing, the deliveries to hand over once the routing is
+    /// committed.
+    fn lease_new(
+        &self,
+        page: &[StoredMessage],
+        routings: &mut [Routing],
+    ) -> Vec<Vec<(&Handoff, Leased)>> {
+        let messages: HashMap<&str, &StoredMessage> =
+            page.iter().map(|m| (m.id.as_str(), m)).collect();
+        let now = now_millis();
+        routings
+            .iter_mut()
+            .map(|r| {
+                let Some(m) = messages.get(r.message_id.as_str()) else {
+                    return Vec::new();
+                };
+                let mut handed = Vec::new();
+                for d in &mut r.deliveries {
+                    let (Ok(document), Some(handoff)) =
+                        (&d.document, self.dispatchers.get(&d.destination))
+                    else {
+                        continue;
+                    };
+                    if !handoff.reserve() {
+                        continue;
+                    }
+                    d.leased = true;
+                    handed.push((
+                        handoff,
+                        Leased {
+                            id: d.id.clone(),
+                            message_id: m.id.clone(),
+                            route: d.route.clone(),
+                            destination: d.destination.clone(),
+                            attempt: 1,
+                            document: document.clone(),
+                            business_key: m.business_key.clone(),
+                            correlation_id: m.correlation_id.clone(),
+                            received_at: m.received_at,
+                            created_at: now,
+                            budget_attempts: 0,
+                            budget_since: now,
+                        },
+                    ));
+                }
+                handed
+            })
+            .collect()
     }
 }
 
@@ -218,6 +387,7 @@ pub fn route_one(routes: &[Route], m: &StoredMessage) -> Routing {
                 route: route.name.clone(),
                 destination: to.clone(),
                 document: document.clone(),
+                leased: false,
             });
         }
     }
@@ -264,6 +434,7 @@ fn deliver_error(deliveries: &mut Vec<NewDelivery>, route: &Route, error: String
             route: route.name.clone(),
             destination: to.clone(),
             document: Err(error.clone()),
+            leased: false,
         });
     }
 }
