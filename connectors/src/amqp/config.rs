@@ -13,8 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::common::{
-    BusinessKey, ByteSize, DurationValue, RetryConfig, SourceFormat, default_concurrency,
-    dispatch_settings,
+    BusinessKey, ByteSize, DurationValue, RetryConfig, SourceFormat, dispatch_settings,
 };
 use crate::template::{Template, Templates, sample};
 
@@ -141,8 +140,10 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub topology: Topology,
     /// Deliveries in flight at once (published, awaiting their confirm).
-    /// Default 8.
-    #[serde(default = "default_concurrency")]
+    /// Default 256: a broker confirms in batches, after its own fsync, so a
+    /// publisher that waits on few confirms at a time is held to a few
+    /// hundred messages a second whatever the broker could take.
+    #[serde(default = "default_publish_concurrency")]
     pub concurrency: NonZeroUsize,
     /// When to give up on a delivery that keeps failing for now (a table:
     /// `max_attempts`, `initial_backoff`, `max_backoff`, `max_age`).
@@ -502,4 +503,8 @@ fn header_templates<'de, D: Deserializer<'de>>(
             Ok((name, t))
         })
         .collect()
+}
+
+fn default_publish_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
 }
