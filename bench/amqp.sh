@@ -13,6 +13,10 @@
 #    (256 in flight) to a queue;
 # 2. raw consume: one client consumes them back, acknowledging each
 #    (prefetch 500);
+# 2b. raw relay: COUNT messages wait in a queue; one client consumes them
+#    (prefetch 256), publishes each to another queue with confirms and
+#    acknowledges it once confirmed: a bridge with no journal and no
+#    mapping, the most any consume -> publish path gets from this broker;
 # 3. nzela: COUNT orders wait in its input queue; nzela consumes them
 #    (prefetch 500), commits each to its journal (fsync'ed group commits)
 #    before acknowledging it, maps it to the customs declaration and
@@ -38,7 +42,7 @@ run=bench-$$-$(date +%s)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  for q in "$run.raw" "$run.in" "$run.out"; do
+  for q in "$run.raw" "$run.in" "$run.out" "$run.relay-in" "$run.relay-out"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
   rm -rf "$work"
@@ -58,6 +62,9 @@ b1=$(ticks "$beam")
 echo "$raw_pub (broker CPU $(per_msg "$b0" "$b1") us per message)"
 raw_con=$("$rate" consume "$URL" "$run.raw" "$COUNT" 500)
 echo "$raw_con"
+"$rate" publish "$URL" "$run.relay-in" "$COUNT" "$ORDER" 256 >/dev/null
+raw_relay=$("$rate" relay "$URL" "$run.relay-in" "$run.relay-out" "$COUNT" 256)
+echo "$raw_relay"
 
 cat > "$work/nzela.toml" <<TOML
 shutdown_timeout = "10s"
@@ -122,4 +129,5 @@ echo "| measure | msg/s |"
 echo "|---|---|"
 echo "| broker: confirmed publish, 1 client, 256 in flight | $(r "$raw_pub") |"
 echo "| broker: consume with acks, 1 client, prefetch 500 | $(r "$raw_con") |"
+echo "| broker: relay (consume, confirmed publish, ack), 1 client, 256 in flight | $(r "$raw_relay") |"
 echo "| nzela: consume -> journal -> map -> confirmed publish | $(r "$e2e") |"

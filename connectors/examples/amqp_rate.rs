@@ -1,11 +1,17 @@
 //! The broker's own rates, for `bench/amqp.sh`: how fast one client
-//! publishes with confirms, and consumes with acknowledgements, on the
-//! same broker and queue type nzela is measured on.
+//! publishes with confirms, consumes with acknowledgements, and relays
+//! (consumes, publishes with confirms, acknowledges), on the same broker
+//! and queue type nzela is measured on.
 //!
 //! ```text
 //! amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT]   # persistent, confirmed
 //! amqp_rate consume URL QUEUE COUNT [PREFETCH]              # acknowledged one by one
+//! amqp_rate relay URL FROM TO COUNT [IN_FLIGHT]             # FROM -> TO, confirmed, then acked
 //! ```
+//!
+//! `relay` is what a bridge with no journal and no mapping does: each
+//! message consumed from FROM is published (persistent, mandatory) to the
+//! queue TO, and acknowledged once the broker confirmed it.
 //!
 //! `publish` declares QUEUE (durable, classic) and gives each message its
 //! own `message_id`. Both print one line: `<verb> COUNT messages in S s:
@@ -33,7 +39,10 @@ async fn main() -> ExitCode {
         ["consume", url, queue, count, rest @ ..] => {
             consume(url, queue, count, rest.first().copied()).await
         }
-        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH]".to_owned()),
+        ["relay", url, from, to, count, rest @ ..] => {
+            relay(url, from, to, count, rest.first().copied()).await
+        }
+        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH] | relay URL FROM TO COUNT [IN_FLIGHT]".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +175,106 @@ async fn consume(
     println!(
         "consumed {count} messages in {secs:.2} s: {:.0} msg/s",
         (count.saturating_sub(1)) as f64 / secs
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+async fn relay(
+    url: &str,
+    from: &str,
+    to: &str,
+    count: &str,
+    in_flight: Option<&str>,
+) -> Result<(), String> {
+    let count = number(count, "COUNT")?;
+    let in_flight = u16::try_from(number(in_flight.unwrap_or("256"), "IN_FLIGHT")?)
+        .map_err(|_| "IN_FLIGHT is at most 65535".to_owned())?;
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let input = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let output = conn.create_channel().await.map_err(|e| e.to_string())?;
+    output
+        .queue_declare(
+            to.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    output
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    input
+        .basic_qos(in_flight, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = input
+        .basic_consume(
+            from.into(),
+            "amqp_rate_relay".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut received, mut done) = (0, 0);
+    let mut first = None;
+    while done < count {
+        tokio::select! {
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                r.map_err(|e| e.to_string())??;
+                done += 1;
+            }
+            next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)), if received < count => {
+                let delivery = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the consumer was cancelled".to_owned()),
+                };
+                first.get_or_insert_with(Instant::now);
+                received += 1;
+                let output = output.clone();
+                let to = to.to_owned();
+                tasks.spawn(async move {
+                    let props = delivery.properties.clone().with_delivery_mode(2);
+                    let confirm = output
+                        .basic_publish(
+                            "".into(),
+                            to.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..BasicPublishOptions::default()
+                            },
+                            &delivery.data,
+                            props,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !confirm.is_ack() {
+                        return Err("the broker refused a message (nack)".to_owned());
+                    }
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64()).max(1e-9);
+    println!(
+        "relayed {count} messages in {secs:.2} s: {:.0} msg/s",
+        count as f64 / secs
     );
     let _ = conn.close(200, "done".into()).await;
     Ok(())
