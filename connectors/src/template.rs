@@ -82,6 +82,9 @@ impl<'de> Deserialize<'de> for Template {
 /// Compiled templates, by name, ready to render for a delivery.
 pub struct Templates {
     env: Environment<'static>,
+    /// Templates without any tag (most routing keys, many URLs): their
+    /// text, given as is without building a delivery's variables.
+    constants: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Templates {
@@ -92,13 +95,23 @@ impl fmt::Debug for Templates {
 
 impl Default for Templates {
     fn default() -> Self {
-        Templates { env: environment() }
+        Templates {
+            env: environment(),
+            constants: BTreeMap::new(),
+        }
     }
 }
 
 impl Templates {
     /// Compiles `template` under `name` (the setting it comes from).
     pub fn add(&mut self, name: &str, template: &Template) -> Result<(), String> {
+        let text = &template.0;
+        // (minijinja drops a final newline: such a text goes through it.)
+        if !["{{", "{%", "{#"].iter().any(|tag| text.contains(tag)) && !text.ends_with('\n') {
+            self.constants.insert(name.to_owned(), text.clone());
+            return Ok(());
+        }
+        self.constants.remove(name);
         self.env
             .add_template_owned(name.to_owned(), template.0.clone())
             .map_err(|e| format!("`{name}` is not a valid template: {}", describe(&e)))
@@ -106,6 +119,9 @@ impl Templates {
 
     /// Renders `name` for one delivery.
     pub fn render(&self, name: &str, out: &Outbound) -> Result<String, String> {
+        if let Some(text) = self.constants.get(name) {
+            return Ok(text.clone());
+        }
         let t = self.env.get_template(name).map_err(|e| describe(&e))?;
         t.render(variables(out)).map_err(|e| {
             // Templates are checked with every variable set, so an
@@ -206,6 +222,19 @@ mod tests {
             t.render("url", &sample()).unwrap(),
             "https://x/route/KEY-1?try=1"
         );
+        // Text without tags is given as is; a name added again takes the
+        // new template, whichever kind each is.
+        t.add("key", &Template::parse("declaration.export").unwrap())
+            .unwrap();
+        assert_eq!(t.render("key", &sample()).unwrap(), "declaration.export");
+        t.add("key", &Template::parse("orders.{{ route }}").unwrap())
+            .unwrap();
+        assert_eq!(t.render("key", &sample()).unwrap(), "orders.route");
+        t.add("url", &Template::parse("https://fixed/").unwrap())
+            .unwrap();
+        assert_eq!(t.render("url", &sample()).unwrap(), "https://fixed/");
+        t.add("nl", &Template::parse("a\n").unwrap()).unwrap();
+        assert_eq!(t.render("nl", &sample()).unwrap(), "a");
     }
 
     #[test]

@@ -843,9 +843,22 @@ fn record_outcome(
     outcome: &Outcome,
     now: i64,
 ) -> Result<Result<(), JournalError>, rusqlite::Error> {
+    let (state, next_attempt_at, error) = match outcome {
+        Outcome::Delivered { .. } => ("delivered", None, None),
+        Outcome::Retry { at, error } => ("pending", Some(*at), Some(error)),
+        Outcome::Dead { error } => ("dead", None, Some(error)),
+    };
+    // Only the attempt that holds the lease records its outcome.
     let message_id: Option<String> = tx
-        .prepare_cached("SELECT message_id FROM deliveries WHERE id = ?1 AND state = 'inflight' AND attempts = ?2")?
-        .query_row(params![delivery_id, attempt], |r| r.get(0))
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), updated_at = ?5, last_error = ?6
+             WHERE id = ?1 AND state = 'inflight' AND attempts = ?2
+             RETURNING message_id",
+        )?
+        .query_row(
+            params![delivery_id, attempt, state, next_attempt_at, now, error],
+            |r| r.get(0),
+        )
         .optional()?;
     let Some(message_id) = message_id else {
         return Ok(Err(JournalError::NotFound(format!(
@@ -854,8 +867,6 @@ fn record_outcome(
     };
     match outcome {
         Outcome::Delivered { detail } => {
-            tx.prepare_cached("UPDATE deliveries SET state = 'delivered', updated_at = ?2, last_error = NULL WHERE id = ?1")?
-                .execute(params![delivery_id, now])?;
             let detail = match detail {
                 Some(d) => format!("attempt {attempt}: {d}"),
                 None => format!("attempt {attempt}"),
@@ -870,8 +881,6 @@ fn record_outcome(
             )?;
         }
         Outcome::Retry { at, error } => {
-            tx.prepare_cached("UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?3, last_error = ?4 WHERE id = ?1")?
-                .execute(params![delivery_id, at, now, error])?;
             let when = jiff::Timestamp::from_millisecond(*at)
                 .map(|t| t.to_string())
                 .unwrap_or_default();
@@ -885,8 +894,6 @@ fn record_outcome(
             )?;
         }
         Outcome::Dead { error } => {
-            tx.prepare_cached("UPDATE deliveries SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1")?
-                .execute(params![delivery_id, now, error])?;
             event(
                 tx,
                 &message_id,
