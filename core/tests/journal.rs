@@ -83,6 +83,10 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
         .unwrap();
     }
 
+    // The command line reads no journal it does not know, and says why.
+    let e = Inspector::open(&path).err().expect("layout 1 is not read");
+    assert!(e.to_string().contains("upgrades it"), "{e}");
+
     let journal = SqliteJournal::open(&path).unwrap();
     // The message waiting to be routed, body and headers intact.
     let received = journal.received(10).await.unwrap();

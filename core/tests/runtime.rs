@@ -507,7 +507,7 @@ async fn a_message_handed_over_again_after_its_routing_is_not_sent_again() {
     );
     let accepted = hub.intake.accept(incoming("GB-TWICE")).await.unwrap();
     eventually(&path, "delivered", |i| count(i, "delivered") == 1).await;
-    feed.committed(|| StoredMessage {
+    feed.committed(Some(StoredMessage {
         id: accepted.message_id.clone(),
         source: "orders".into(),
         received_at: 0,
@@ -516,7 +516,7 @@ async fn a_message_handed_over_again_after_its_routing_is_not_sent_again() {
         body: order("GB-TWICE"),
         correlation_id: None,
         business_key: Some("GB-TWICE".into()),
-    });
+    }));
     // A second message behind it: once it is delivered, the first was
     // routed again long before.
     hub.intake.accept(incoming("GB-AFTER")).await.unwrap();
@@ -542,6 +542,80 @@ async fn a_message_handed_over_again_after_its_routing_is_not_sent_again() {
         .unwrap();
     assert_eq!(detail.summary.deliveries.len(), 1);
     hub.stop().await;
+}
+
+/// A destination that never answers; it counts the attempts it got.
+#[derive(Default)]
+struct Stuck(std::sync::atomic::AtomicUsize);
+
+impl Destination for Stuck {
+    fn send<'a>(&'a self, _: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_handed_over_but_not_sent_at_a_stop_have_no_attempt_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let stuck = Arc::new(Stuck::default());
+    let mut one_at_a_time = settings("customs", 10);
+    one_at_a_time.concurrency = 1;
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(one_at_a_time, stuck.clone())],
+    );
+    for n in 0..5 {
+        hub.intake
+            .accept(incoming(&format!("GB-S{n}")))
+            .await
+            .unwrap();
+    }
+    // One attempt hangs; the four others wait in the dispatcher's handoff.
+    eventually(&path, "all routed", |i| {
+        i.list(&ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .all(|m| m.deliveries.len() == 1)
+    })
+    .await;
+    for _ in 0..200 {
+        if stuck.0.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    hub.stop().await;
+    assert_eq!(stuck.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let deliveries: Vec<_> = Inspector::open(&path)
+        .unwrap()
+        .list(&ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .flat_map(|m| m.deliveries)
+        .collect();
+    assert_eq!(deliveries.len(), 5);
+    let attempted: Vec<_> = deliveries.iter().filter(|d| d.attempts == 1).collect();
+    assert_eq!(attempted.len(), 1, "{deliveries:?}");
+    assert_eq!(attempted[0].state, "inflight", "cut short by the stop");
+    let unsent: Vec<_> = deliveries.iter().filter(|d| d.attempts == 0).collect();
+    assert_eq!(unsent.len(), 4, "{deliveries:?}");
+    assert!(
+        unsent.iter().all(|d| d.state == "pending"),
+        "{deliveries:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -898,6 +972,9 @@ impl Journal for OutcomeFailsOnce {
     }
     fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>> {
         self.inner.release_leases()
+    }
+    fn unlease(&self, leases: Vec<(String, u32)>) -> BoxFuture<'_, Result<usize, JournalError>> {
+        self.inner.unlease(leases)
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         self.inner.close()

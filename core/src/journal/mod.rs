@@ -257,6 +257,12 @@ pub trait Journal: Send + Sync + 'static {
     /// dispatcher holds a lease.
     fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>>;
 
+    /// Gives back leases never used (`(delivery id, attempt)` pairs): each
+    /// delivery is pending again, due now, and the attempt it was leased
+    /// for is not counted. For a dispatcher that stops with deliveries
+    /// handed to it but not sent.
+    fn unlease(&self, leases: Vec<(String, u32)>) -> BoxFuture<'_, Result<usize, JournalError>>;
+
     /// Finishes what is queued and closes.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -167,6 +167,7 @@ enum Op {
         reply: Reply<()>,
     },
     Release(Reply<usize>),
+    Unlease(Vec<(String, u32)>, Reply<usize>),
     Close(oneshot::Sender<()>),
 }
 
@@ -401,6 +402,10 @@ impl Journal for SqliteJournal {
         Box::pin(self.request(Op::Release))
     }
 
+    fn unlease(&self, leases: Vec<(String, u32)>) -> BoxFuture<'_, Result<usize, JournalError>> {
+        Box::pin(self.request(|r| Op::Unlease(leases, r)))
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
@@ -568,6 +573,10 @@ fn execute(tx: &Transaction<'_>, op: Op, now: i64) -> Result<Answer, (Answer, ru
             Ok(n) => Ok(Answer::Count(reply, Ok(n))),
             Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
         },
+        Op::Unlease(leases, reply) => match unlease(tx, &leases, now) {
+            Ok(n) => Ok(Answer::Count(reply, Ok(n))),
+            Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
+        },
         Op::Close(done) => {
             // Taken out of the batch by `apply`; closing here too is safe.
             drop(done);
@@ -585,7 +594,9 @@ fn unanswered(op: Op) -> Answer {
         Op::Route(_, reply) => Answer::Flags(reply, Err(JournalError::Closed)),
         Op::Outcome { reply, .. } => Answer::Unit(reply, Err(JournalError::Closed)),
         Op::Lease { reply, .. } => Answer::Leased(reply, Err(JournalError::Closed)),
-        Op::Release(reply) => Answer::Count(reply, Err(JournalError::Closed)),
+        Op::Release(reply) | Op::Unlease(_, reply) => {
+            Answer::Count(reply, Err(JournalError::Closed))
+        }
         Op::Close(_) => Answer::None,
     }
 }
@@ -752,6 +763,23 @@ fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<bool, rusqlite::
         }
     }
     Ok(true)
+}
+
+fn unlease(
+    tx: &Transaction<'_>,
+    leases: &[(String, u32)],
+    now: i64,
+) -> Result<usize, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE deliveries SET state = 'pending', attempts = attempts - 1,
+                next_attempt_at = MIN(next_attempt_at, ?3), updated_at = ?3
+         WHERE id = ?1 AND state = 'inflight' AND attempts = ?2",
+    )?;
+    let mut n = 0;
+    for (id, attempt) in leases {
+        n += stmt.execute(params![id, attempt, now])?;
+    }
+    Ok(n)
 }
 
 fn insert_document(tx: &Transaction<'_>, body: &[u8]) -> Result<i64, rusqlite::Error> {
@@ -991,6 +1019,20 @@ impl Inspector {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(storage)?;
+        if version != VERSION {
+            let what = if version < VERSION {
+                "an earlier nzela; `nzela run` upgrades it when it starts"
+            } else {
+                "a newer nzela"
+            };
+            return Err(storage(format!(
+                "{} has journal layout {version}, written by {what} (this nzela reads layout {VERSION})",
+                path.display()
+            )));
+        }
         Ok(Inspector { conn })
     }
 

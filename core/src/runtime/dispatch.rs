@@ -34,14 +34,25 @@ pub struct Handoff(Arc<HandoffInner>);
 struct HandoffInner {
     wakeup: Wakeup,
     capacity: usize,
-    /// Deliveries waiting, and room promised to routings not committed yet.
-    queue: Mutex<(VecDeque<Leased>, usize)>,
+    queue: Mutex<Queue>,
     /// Deliveries wait in the journal (stored `pending`).
     missed: AtomicBool,
     /// The soonest retry recorded since the dispatcher last read the
     /// journal, unix milliseconds.
     retry_at: AtomicI64,
 }
+
+/// Deliveries waiting; room promised to routings not committed yet; the
+/// bytes of documents of both.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Leased>,
+    reserved: usize,
+    bytes: usize,
+}
+
+/// The most bytes of documents a handoff holds (and promises).
+const HANDOFF_BYTES: usize = 64 << 20;
 
 impl Default for Handoff {
     fn default() -> Self {
@@ -50,23 +61,27 @@ impl Default for Handoff {
 }
 
 impl Handoff {
-    /// Room for `capacity` deliveries.
+    /// Room for `capacity` deliveries (and 64 MiB of documents).
     pub fn new(capacity: usize) -> Handoff {
         Handoff(Arc::new(HandoffInner {
             wakeup: Wakeup::default(),
             capacity: capacity.max(1),
-            queue: Mutex::new((VecDeque::new(), 0)),
+            queue: Mutex::default(),
             missed: AtomicBool::new(false),
             retry_at: AtomicI64::new(i64::MAX),
         }))
     }
 
-    /// Promises room for one delivery, until [`Handoff::give`] or
-    /// [`Handoff::cancel`]; `false` when there is none.
-    pub fn reserve(&self) -> bool {
+    /// Promises room for one delivery of `bytes`, until [`Handoff::give`]
+    /// or [`Handoff::cancel`]; `false` when there is none.
+    pub fn reserve(&self, bytes: usize) -> bool {
         match self.0.queue.lock() {
-            Ok(mut q) if q.0.len() + q.1 < self.0.capacity => {
-                q.1 += 1;
+            Ok(mut q)
+                if q.waiting.len() + q.reserved < self.0.capacity
+                    && q.bytes + bytes <= HANDOFF_BYTES =>
+            {
+                q.reserved += 1;
+                q.bytes += bytes;
                 true
             }
             _ => false,
@@ -76,8 +91,8 @@ impl Handoff {
     /// Hands over a delivery whose lease is committed, in reserved room.
     pub fn give(&self, d: Leased) {
         if let Ok(mut q) = self.0.queue.lock() {
-            q.1 = q.1.saturating_sub(1);
-            q.0.push_back(d);
+            q.reserved = q.reserved.saturating_sub(1);
+            q.waiting.push_back(d);
         } else {
             // Unreachable in practice (no code panics holding the lock);
             // the delivery is leased in the journal and sent after a restart.
@@ -86,10 +101,11 @@ impl Handoff {
         self.0.wakeup.wake();
     }
 
-    /// Gives back reserved room (the routing was not recorded).
-    pub fn cancel(&self) {
+    /// Gives back room reserved for `bytes` (the routing was not recorded).
+    pub fn cancel(&self, bytes: usize) {
         if let Ok(mut q) = self.0.queue.lock() {
-            q.1 = q.1.saturating_sub(1);
+            q.reserved = q.reserved.saturating_sub(1);
+            q.bytes = q.bytes.saturating_sub(bytes);
         }
     }
 
@@ -102,8 +118,11 @@ impl Handoff {
     fn take(&self, max: usize) -> Vec<Leased> {
         match self.0.queue.lock() {
             Ok(mut q) => {
-                let n = q.0.len().min(max);
-                q.0.drain(..n).collect()
+                let n = q.waiting.len().min(max);
+                let taken: Vec<Leased> = q.waiting.drain(..n).collect();
+                let bytes: usize = taken.iter().map(|d| d.document.body.len()).sum();
+                q.bytes = q.bytes.saturating_sub(bytes);
+                taken
             }
             Err(_) => Vec::new(),
         }
@@ -190,6 +209,7 @@ impl Dispatcher {
         // Read the journal first: what was due before the start.
         let mut from_journal = true;
         let mut looked = Instant::now();
+        let mut turn = false;
         loop {
             // Reap finished attempts (their errors are logged where they happen).
             while inflight.try_join_next().is_some() {}
@@ -215,28 +235,42 @@ impl Dispatcher {
             {
                 from_journal = true;
             }
-            let mut batch = Vec::new();
+            // Deliveries handed over are leased already, and older than
+            // what the journal holds: they go first. When the journal is
+            // due it gets half the free slots (turn by turn when one is
+            // free), so that neither way starves the other under load.
+            let mut batch = if from_journal {
+                turn = !turn;
+                handoff.take((free + usize::from(turn)) / 2)
+            } else {
+                handoff.take(free)
+            };
             if from_journal {
+                let want = free - batch.len();
                 looked = Instant::now();
                 handoff.0.retry_at.store(i64::MAX, Ordering::Release);
                 match this
                     .journal
-                    .lease(&this.settings.name, now_millis(), free)
+                    .lease(&this.settings.name, now_millis(), want)
                     .await
                 {
-                    Ok(l) => batch = l,
+                    Ok(leased) => {
+                        // A full page: there may be more.
+                        from_journal = leased.len() == want;
+                        batch.extend(leased);
+                        if !from_journal
+                            && let Ok(Some(at)) = this.journal.next_due(&this.settings.name).await
+                        {
+                            handoff.retry_at(at);
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(destination = %this.settings.name, error = %e, "cannot lease deliveries; trying again");
-                        wait(&handoff.0.wakeup, &shutdown, IDLE).await;
-                        continue;
+                        if batch.is_empty() {
+                            wait(&handoff.0.wakeup, &shutdown, IDLE).await;
+                            continue;
+                        }
                     }
-                }
-                // A full page: there may be more.
-                from_journal = batch.len() == free;
-                if !from_journal
-                    && let Ok(Some(at)) = this.journal.next_due(&this.settings.name).await
-                {
-                    handoff.retry_at(at);
                 }
             }
             if batch.len() < free {
@@ -265,6 +299,24 @@ impl Dispatcher {
                 };
                 let this = this.clone();
                 inflight.spawn(async move { this.attempt(d, permit).await });
+            }
+        }
+        // Deliveries handed over but never sent go back to the journal
+        // without an attempt counted (the router has stopped giving).
+        let unsent: Vec<(String, u32)> = this
+            .handoff
+            .take(usize::MAX)
+            .into_iter()
+            .map(|d| (d.id, d.attempt))
+            .collect();
+        if !unsent.is_empty() {
+            match this.journal.unlease(unsent).await {
+                Ok(n) => {
+                    tracing::debug!(destination = %this.settings.name, deliveries = n, "deliveries not sent are pending again")
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %this.settings.name, error = %e, "deliveries not sent stay leased; they are sent at the next start")
+                }
             }
         }
         let drained = tokio::time::timeout(grace, async {

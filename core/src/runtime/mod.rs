@@ -119,23 +119,27 @@ impl Intake {
     /// attempt in flight), as long as the journal is open.
     pub(crate) async fn commit(&self, incoming: Incoming) -> Result<Accepted, IntakeError> {
         let message = NewMessage::from(incoming);
-        let routed = StoredMessage {
-            id: message.id.clone(),
-            source: message.source.clone(),
-            received_at: message.received_at,
-            content_type: message.content_type.clone(),
-            headers: message.headers.clone(),
-            body: message.body.clone(),
-            correlation_id: message.correlation_id.clone(),
-            business_key: message.business_key.clone(),
-        };
+        // A copy for the router, when it has room for one.
+        let routed = self
+            .router
+            .has_room(message.body.len())
+            .then(|| StoredMessage {
+                id: message.id.clone(),
+                source: message.source.clone(),
+                received_at: message.received_at,
+                content_type: message.content_type.clone(),
+                headers: message.headers.clone(),
+                body: message.body.clone(),
+                correlation_id: message.correlation_id.clone(),
+                business_key: message.business_key.clone(),
+            });
         let accepted = self.journal.accept(message).await.map_err(|e| match e {
             JournalError::Closed => IntakeError::ShuttingDown,
             other => IntakeError::Unavailable(other.to_string()),
         })?;
         if !accepted.duplicate {
             // The router maps it from memory, without reading it back.
-            self.router.committed(|| routed);
+            self.router.committed(routed);
         }
         Ok(accepted)
     }

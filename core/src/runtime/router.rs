@@ -46,9 +46,11 @@ impl Wakeup {
     }
 }
 
-/// Committed messages waiting in memory to be routed (no more than this;
-/// past it the router reads them back from the journal).
+/// Committed messages waiting in memory to be routed: no more than this
+/// many, nor more bytes of bodies than [`FEED_BYTES`]; past either, the
+/// router reads them back from the journal.
 const FEED: usize = 4 * PAGE;
+const FEED_BYTES: usize = 64 << 20;
 
 /// The way from the intake to the router: the messages just committed, and
 /// the wake-up. Cheap to clone.
@@ -58,7 +60,8 @@ pub struct Feed(Arc<FeedInner>);
 struct FeedInner {
     wakeup: Wakeup,
     capacity: usize,
-    queue: Mutex<VecDeque<StoredMessage>>,
+    /// The messages waiting, and the bytes of their bodies.
+    queue: Mutex<(VecDeque<StoredMessage>, usize)>,
     /// Messages were committed that are not in `queue`: the router must
     /// read the journal.
     missed: AtomicBool,
@@ -71,26 +74,36 @@ impl Default for Feed {
 }
 
 impl Feed {
-    /// Room for `capacity` messages.
+    /// Room for `capacity` messages (and 64 MiB of bodies).
     pub fn new(capacity: usize) -> Feed {
         Feed(Arc::new(FeedInner {
             wakeup: Wakeup::default(),
             capacity,
-            queue: Mutex::default(),
+            queue: Mutex::new((VecDeque::new(), 0)),
             missed: AtomicBool::new(false),
         }))
     }
 
+    /// Whether a message of `bytes` would be kept now (worth copying
+    /// before it is committed).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.0
+            .queue
+            .lock()
+            .is_ok_and(|q| q.0.len() < self.0.capacity && q.1 + bytes <= FEED_BYTES)
+    }
+
     /// Hands over a message just committed to the journal (in state
-    /// `received`). `message` is called only when there is room.
-    pub fn committed(&self, message: impl FnOnce() -> StoredMessage) {
-        let kept = match self.0.queue.lock() {
-            Ok(mut q) if q.len() < self.0.capacity => {
-                q.push_back(message());
+    /// `received`), or says that one was committed and not kept (`None`).
+    pub fn committed(&self, message: Option<StoredMessage>) {
+        let kept = message.is_some_and(|m| match self.0.queue.lock() {
+            Ok(mut q) if q.0.len() < self.0.capacity && q.1 + m.body.len() <= FEED_BYTES => {
+                q.1 += m.body.len();
+                q.0.push_back(m);
                 true
             }
             _ => false,
-        };
+        });
         if !kept {
             self.0.missed.store(true, Ordering::Release);
         }
@@ -100,8 +113,10 @@ impl Feed {
     fn take(&self, max: usize) -> Vec<StoredMessage> {
         match self.0.queue.lock() {
             Ok(mut q) => {
-                let n = q.len().min(max);
-                q.drain(..n).collect()
+                let n = q.0.len().min(max);
+                let taken: Vec<StoredMessage> = q.0.drain(..n).collect();
+                q.1 = q.1.saturating_sub(taken.iter().map(|m| m.body.len()).sum());
+                taken
             }
             Err(_) => {
                 self.0.missed.store(true, Ordering::Release);
@@ -114,7 +129,8 @@ impl Feed {
     /// before a journal read, which finds it.
     fn clear(&self) {
         if let Ok(mut q) = self.0.queue.lock() {
-            q.clear();
+            q.0.clear();
+            q.1 = 0;
         }
     }
 
@@ -164,14 +180,18 @@ impl Router {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Read the journal first: what was accepted before the start.
         let mut from_journal = true;
+        let mut looked = std::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            if self.feed.missed() {
+            // Told to, or once a second even under a steady stream: what
+            // reached the journal by another way is routed all the same.
+            if self.feed.missed() || looked.elapsed() >= IDLE {
                 from_journal = true;
             }
             let page = if from_journal {
+                looked = std::time::Instant::now();
                 self.feed.clear();
                 match self.journal.received(PAGE).await {
                     Ok(p) => {
@@ -213,7 +233,11 @@ impl Router {
             for t in tasks {
                 match t.await {
                     Ok(r) => routings.extend(r),
-                    Err(e) => tracing::error!(error = %e, "a routing task failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a routing task failed");
+                        // Its messages are still in the journal.
+                        from_journal = true;
+                    }
                 }
             }
             for r in &routings {
@@ -234,7 +258,7 @@ impl Router {
                                 handoff.give(d);
                             } else {
                                 // Routed already: this delivery was not stored.
-                                handoff.cancel();
+                                handoff.cancel(d.document.body.len());
                             }
                         }
                     }
@@ -246,8 +270,8 @@ impl Router {
                     }
                 }
                 Err(e) => {
-                    for (handoff, _) in handed.into_iter().flatten() {
-                        handoff.cancel();
+                    for (handoff, d) in handed.into_iter().flatten() {
+                        handoff.cancel(d.document.body.len());
                     }
                     tracing::error!(error = %e, "cannot record routing; trying again");
                     // The page is gone from memory, not from the journal.
@@ -283,7 +307,7 @@ impl Router {
                     else {
                         continue;
                     };
-                    if !handoff.reserve() {
+                    if !handoff.reserve(document.body.len()) {
                         continue;
                     }
                     d.leased = true;
