@@ -70,14 +70,19 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
         c.execute_batch(LAYOUT_1).unwrap();
         c.execute_batch(
             r#"
-            INSERT INTO messages (id, source, received_at, content_type, headers, body, business_key, state)
-            VALUES ('m-received', 'orders', 1000, 'application/json', '[["x-partner","acme"]]', CAST('{"n":1}' AS BLOB), 'GB-1', 'received'),
-                   ('m-routed', 'orders', 2000, 'application/json', '[]', CAST('{"n":2}' AS BLOB), 'GB-2', 'routed');
+            INSERT INTO messages (id, source, received_at, content_type, headers, body, business_key, state, routed_at)
+            VALUES ('m-received', 'orders', 1000, 'application/json', '[["x-partner","acme"]]', CAST('{"n":1}' AS BLOB), 'GB-1', 'received', NULL),
+                   ('m-routed', 'orders', 2000, 'application/json', '[]', CAST('{"n":2}' AS BLOB), 'GB-2', 'routed', 2000);
             INSERT INTO deliveries (id, message_id, route, destination, state, body, content_type, extension,
                                     attempts, budget_since, next_attempt_at, created_at, updated_at)
             VALUES ('d-pending', 'm-routed', 'r', 'customs', 'pending', CAST('<pending/>' AS BLOB), 'application/xml', 'xml', 0, 2000, 2000, 2000, 2000),
                    ('d-dead', 'm-routed', 'r', 'commerce', 'dead', CAST('<dead/>' AS BLOB), 'application/xml', 'xml', 3, 2000, 2000, 2000, 2000),
                    ('d-failed', 'm-routed', 'r', 'payments', 'dead', NULL, NULL, NULL, 0, 2000, 2000, 2000, 2000);
+            INSERT INTO events (message_id, delivery_id, at, kind, detail)
+            VALUES ('m-routed', NULL, 2000, 'routed', 'r'),
+                   ('m-routed', 'd-pending', 2000, 'mapped', 'route r for customs: 10 bytes of xml'),
+                   ('m-routed', 'd-dead', 2000, 'mapped', 'route r for commerce: 7 bytes of xml'),
+                   ('m-routed', 'd-dead', 2500, 'dead_lettered', 'attempt 3: HTTP 400');
             "#,
         )
         .unwrap();
@@ -108,6 +113,22 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
     let inspector = Inspector::open(&path).unwrap();
     let detail = inspector.show("m-routed").unwrap();
     assert_eq!(detail.body, br#"{"n":2}"#);
+    // The trail stored as rows by layout 1 is not told twice.
+    let kinds: Vec<(&str, Option<&str>)> = detail
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.delivery_id.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("received", None),
+            ("routed", None),
+            ("mapped", Some("d-pending")),
+            ("mapped", Some("d-dead")),
+            ("dead_lettered", Some("d-dead")),
+        ]
+    );
     assert_eq!(detail.summary.deliveries.len(), 3);
     // A dead delivery with a document can be replayed; one whose mapping
     // failed (no document) cannot.

@@ -668,6 +668,28 @@ async fn transient_failures_are_retried_with_the_same_delivery_id() {
             "delivered"
         ]
     );
+    // The routing and the success are read from the rows themselves.
+    let detail_of = |kind: &str| {
+        detail
+            .events
+            .iter()
+            .find(|e| e.kind == kind)
+            .and_then(|e| e.detail.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(detail_of("routed"), "to_customs");
+    let mapped = detail_of("mapped");
+    assert!(
+        mapped.starts_with("route to_customs for customs: ") && mapped.ends_with(" bytes of xml"),
+        "{mapped}"
+    );
+    assert_eq!(detail_of("delivered"), "attempt 3");
+    assert_eq!(
+        detail.events[5].delivery_id.as_deref(),
+        Some(seen[0].delivery_id.as_str())
+    );
+    let times: Vec<i64> = detail.events.iter().map(|e| e.at).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     hub.stop().await;
 }
 

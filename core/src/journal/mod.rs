@@ -15,7 +15,10 @@
 //!   a dispatcher), `delivered` or `dead` — its attempt count and last error;
 //! - an **event** trail per message: received, duplicate, routed, unrouted,
 //!   mapped, mapping failed, attempt N, delivered, retry scheduled,
-//!   dead-lettered, replayed. The trail answers "where is message X?".
+//!   dead-lettered, replayed. The trail answers "where is message X?". The
+//!   steps every message takes (received, routed, mapped, delivered without
+//!   a reply) are read from the message and delivery rows, which record
+//!   them already; only the others are stored as event rows.
 //!
 //! Invariants:
 //!

@@ -715,7 +715,8 @@ fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<bool, rusqlite::
         )?;
         return Ok(true);
     }
-    event(tx, &r.message_id, None, now, "routed", &r.routes.join(", "))?;
+    // "routed" and "mapped" are not stored as events: the message and
+    // delivery rows say them (see `Inspector::derived_events`).
     for d in &r.deliveries {
         let (state, document_ref, content_type, extension, error) = match &d.document {
             Ok(doc) => (
@@ -734,32 +735,16 @@ fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<bool, rusqlite::
         )?
         .execute(params![d.id, r.message_id, d.route, d.destination, state, document_ref, content_type, extension, now, error,
                          u32::from(d.leased && d.document.is_ok())])?;
-        match &d.document {
-            Ok(doc) => event(
+        if let Err(e) = &d.document {
+            event(
                 tx,
                 &r.message_id,
                 Some(&d.id),
                 now,
-                "mapped",
-                &format!(
-                    "route {} for {}: {} bytes of {}",
-                    d.route,
-                    d.destination,
-                    doc.body.len(),
-                    doc.extension
-                ),
-            )?,
-            Err(e) => {
-                event(
-                    tx,
-                    &r.message_id,
-                    Some(&d.id),
-                    now,
-                    "mapping_failed",
-                    &format!("route {} for {}: {e}", d.route, d.destination),
-                )?;
-                event(tx, &r.message_id, Some(&d.id), now, "dead_lettered", e)?;
-            }
+                "mapping_failed",
+                &format!("route {} for {}: {e}", d.route, d.destination),
+            )?;
+            event(tx, &r.message_id, Some(&d.id), now, "dead_lettered", e)?;
         }
     }
     Ok(true)
@@ -895,18 +880,18 @@ fn record_outcome(
     };
     match outcome {
         Outcome::Delivered { detail } => {
-            let detail = match detail {
-                Some(d) => format!("attempt {attempt}: {d}"),
-                None => format!("attempt {attempt}"),
-            };
-            event(
-                tx,
-                &message_id,
-                Some(delivery_id),
-                now,
-                "delivered",
-                &detail,
-            )?;
+            // Without a detail (a reply), the delivery row says it all (see
+            // `Inspector::derived_events`).
+            if let Some(d) = detail {
+                event(
+                    tx,
+                    &message_id,
+                    Some(delivery_id),
+                    now,
+                    "delivered",
+                    &format!("attempt {attempt}: {d}"),
+                )?;
+            }
         }
         Outcome::Retry { at, error } => {
             let when = jiff::Timestamp::from_millisecond(*at)
@@ -1189,7 +1174,7 @@ impl Inspector {
             .conn
             .prepare("SELECT at, kind, delivery_id, detail FROM events WHERE message_id = ?1 ORDER BY seq")
             .map_err(storage)?;
-        let events = stmt
+        let rows = stmt
             .query_map([id], |r| {
                 Ok(EventRecord {
                     at: r.get(0)?,
@@ -1198,11 +1183,25 @@ impl Inspector {
                     detail: r.get(3)?,
                 })
             })
-            .map_err(storage)?;
-        let events = std::iter::once(Ok(received))
-            .chain(events)
+            .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
+        let derived = self.derived_events(id, &rows)?;
+        // Merge by time; at the same millisecond, routing comes before the
+        // stored events and a delivery's success after them.
+        let mut events = vec![received];
+        let mut derived = derived.into_iter().peekable();
+        for row in rows {
+            while let Some((at, rank, _)) = derived.peek()
+                && (*at, *rank) <= (row.at, 3)
+            {
+                if let Some((_, _, e)) = derived.next() {
+                    events.push(e);
+                }
+            }
+            events.push(row);
+        }
+        events.extend(derived.map(|(_, _, e)| e));
         Ok(MessageDetail {
             summary,
             content_type,
@@ -1211,6 +1210,124 @@ impl Inspector {
             body,
             events,
         })
+    }
+
+    /// The events the journal does not store as rows because the message
+    /// and delivery rows say them already (the way every message takes):
+    /// routed, mapped, and delivered without a reply. Each with its time
+    /// and its rank at the same millisecond. A journal of layout 1 stored
+    /// them as rows: those are not derived again.
+    fn derived_events(
+        &self,
+        id: &str,
+        rows: &[EventRecord],
+    ) -> Result<Vec<(i64, u8, EventRecord)>, JournalError> {
+        let stored = |kind: &str, delivery: Option<&str>| {
+            rows.iter().any(|e| {
+                e.kind == kind && (delivery.is_none() || e.delivery_id.as_deref() == delivery)
+            })
+        };
+        let (state, routed_at): (String, Option<i64>) = self
+            .conn
+            .query_row(
+                "SELECT state, routed_at FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(storage)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.id, d.route, d.destination, d.state, d.attempts, d.created_at, d.updated_at,
+                        d.extension, length(doc.body)
+                 FROM deliveries d LEFT JOIN documents doc ON doc.id = d.document_ref
+                 WHERE d.message_id = ?1 ORDER BY d.rowid",
+            )
+            .map_err(storage)?;
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            u32,
+            i64,
+            i64,
+            Option<String>,
+            Option<i64>,
+        );
+        let deliveries: Vec<Row> = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .map_err(storage)?
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        if let (true, Some(at)) = (state == "routed", routed_at)
+            && !stored("routed", None)
+        {
+            let mut routes: Vec<&str> = Vec::new();
+            for d in &deliveries {
+                if !routes.contains(&d.1.as_str()) {
+                    routes.push(&d.1);
+                }
+            }
+            out.push((
+                at,
+                1,
+                EventRecord {
+                    at,
+                    kind: "routed".to_owned(),
+                    delivery_id: None,
+                    detail: Some(routes.join(", ")),
+                },
+            ));
+        }
+        for (delivery, route, destination, _, _, created_at, _, extension, length) in &deliveries {
+            if let Some(length) = length
+                && !stored("mapped", Some(delivery))
+            {
+                out.push((
+                    *created_at,
+                    2,
+                    EventRecord {
+                        at: *created_at,
+                        kind: "mapped".to_owned(),
+                        delivery_id: Some(delivery.clone()),
+                        detail: Some(format!(
+                            "route {route} for {destination}: {length} bytes of {}",
+                            extension.as_deref().unwrap_or_default()
+                        )),
+                    },
+                ));
+            }
+        }
+        for (delivery, _, _, state, attempts, _, updated_at, _, _) in &deliveries {
+            if state == "delivered" && !stored("delivered", Some(delivery)) {
+                out.push((
+                    *updated_at,
+                    4,
+                    EventRecord {
+                        at: *updated_at,
+                        kind: "delivered".to_owned(),
+                        delivery_id: Some(delivery.clone()),
+                        detail: Some(format!("attempt {attempts}")),
+                    },
+                ));
+            }
+        }
+        out.sort_by_key(|(at, rank, _)| (*at, *rank));
+        Ok(out)
     }
 
     /// Makes the dead deliveries of a message (or one dead delivery, by its
