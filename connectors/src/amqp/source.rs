@@ -63,6 +63,123 @@ struct Reader {
     business_key: Option<BusinessKey>,
 }
 
+/// What to answer the broker for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Committed: acknowledge.
+    Ack,
+    /// Not taken (the journal could not, or checking failed): hand it back.
+    Requeue,
+    /// Refused and kept as rejected: to the queue's dead-letter exchange.
+    Reject,
+}
+
+/// One delivery in hand, until its answer is known. Dropped without an
+/// answer (its task panicked or was cut short), it is handed back.
+struct InHand {
+    tag: u64,
+    acker: Option<lapin::Acker>,
+    answers: tokio::sync::mpsc::UnboundedSender<(u64, lapin::Acker, Answer)>,
+}
+
+impl InHand {
+    fn answer(mut self, answer: Answer) {
+        if let Some(acker) = self.acker.take() {
+            let _ = self.answers.send((self.tag, acker, answer));
+        }
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            let _ = self.answers.send((self.tag, acker, Answer::Requeue));
+        }
+    }
+}
+
+/// The answers of one channel, sent in delivery order: hand-backs and
+/// rejections one by one, and the acknowledgements of consecutive
+/// committed deliveries in one `basic.ack` (`multiple`). A delivery is
+/// acknowledged only once it and every delivery before it on the channel
+/// have their answer, so an acknowledgement never covers a delivery that is
+/// not committed. One frame for a whole group commit, where one per
+/// message cost the broker about half of its work on a delivery.
+struct Answers<A = lapin::Acker> {
+    /// The next delivery tag to answer.
+    next: Option<u64>,
+    ready: std::collections::BTreeMap<u64, (A, Answer)>,
+}
+
+impl<A> Default for Answers<A> {
+    fn default() -> Self {
+        Answers {
+            next: None,
+            ready: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> Answers<A> {
+    fn delivered(&mut self, tag: u64) {
+        self.next.get_or_insert(tag);
+    }
+
+    fn add(&mut self, tag: u64, acker: A, answer: Answer) {
+        self.ready.insert(tag, (acker, answer));
+    }
+
+    /// What can be answered now, in delivery order: the hand-backs and
+    /// rejections to send one by one, then the last of the consecutive
+    /// acknowledgements, to send with `multiple` (after the others: an
+    /// acknowledgement covers only deliveries still unanswered).
+    fn due(&mut self) -> (Vec<(A, Answer)>, Option<A>) {
+        let (mut one_by_one, mut ack) = (Vec::new(), None);
+        let Some(mut next) = self.next else {
+            return (one_by_one, ack);
+        };
+        while let Some((acker, answer)) = self.ready.remove(&next) {
+            next += 1;
+            match answer {
+                Answer::Ack => ack = Some(acker),
+                other => one_by_one.push((acker, other)),
+            }
+        }
+        self.next = Some(next);
+        (one_by_one, ack)
+    }
+}
+
+impl Answers {
+    /// Sends every answer that can go now.
+    async fn send(&mut self, source: &str) {
+        let (one_by_one, ack) = self.due();
+        for (acker, answer) in one_by_one {
+            let sent = match answer {
+                Answer::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                Answer::Requeue | Answer::Ack => {
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = sent {
+                tracing::debug!(source, error = %e, "cannot answer a delivery; the broker will deliver it again");
+            }
+        }
+        if let Some(acker) = ack
+            && let Err(e) = acker.ack(BasicAckOptions { multiple: true }).await
+        {
+            // The broker delivers them again; each is then a duplicate when
+            // it has a message_id or a business key.
+            tracing::debug!(source, error = %e, "cannot acknowledge committed deliveries; the broker will deliver them again");
+        }
+    }
+}
+
 /// Why the consumer stopped consuming.
 enum End {
     /// nzela is stopping.
@@ -124,18 +241,6 @@ impl AmqpSource {
                         .await;
                     match end {
                         End::Stopped => {
-                            let _ = session
-                                .channel
-                                .basic_cancel(
-                                    self.consumer_tag.as_str().into(),
-                                    BasicCancelOptions::default(),
-                                )
-                                .await;
-                            // Deliveries being committed get their ack.
-                            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                                while handlers.join_next().await.is_some() {}
-                            })
-                            .await;
                             session.close().await;
                             break;
                         }
@@ -194,11 +299,41 @@ impl AmqpSource {
         slots: &Arc<Semaphore>,
     ) -> End {
         let mut health = tokio::time::interval(HEALTH_CHECK);
+        let source = self.name.as_str();
+        let (answered, mut answers_in) = tokio::sync::mpsc::unbounded_channel();
+        let mut answers = Answers::default();
         loop {
             while handlers.try_join_next().is_some() {}
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return End::Stopped,
+                () = shutdown.cancelled() => {
+                    let _ = session
+                        .channel
+                        .basic_cancel(
+                            self.consumer_tag.as_str().into(),
+                            BasicCancelOptions::default(),
+                        )
+                        .await;
+                    // Deliveries being committed get their answer.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while handlers.join_next().await.is_some() {}
+                    })
+                    .await;
+                    while let Ok((tag, acker, answer)) = answers_in.try_recv() {
+                        answers.add(tag, acker, answer);
+                    }
+                    answers.send(source).await;
+                    return End::Stopped;
+                }
+                Some((tag, acker, answer)) = answers_in.recv() => {
+                    // A group commit answers many at once: one frame for all.
+                    answers.add(tag, acker, answer);
+                    while let Ok((tag, acker, answer)) = answers_in.try_recv() {
+                        answers.add(tag, acker, answer);
+                    }
+                    answers.send(source).await;
+                    continue;
+                }
                 _ = health.tick() => {
                     if !session.is_open() {
                         return End::Lost("the connection or channel was closed".to_owned());
@@ -223,10 +358,16 @@ impl AmqpSource {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return End::Stopped;
             };
+            answers.delivered(delivery.delivery_tag);
+            let in_hand = InHand {
+                tag: delivery.delivery_tag,
+                acker: Some(delivery.acker.clone()),
+                answers: answered.clone(),
+            };
             let reader = self.reader.clone();
             let intake = intake.clone();
             handlers.spawn(async move {
-                take(&reader, &intake, delivery).await;
+                take(&reader, &intake, delivery, in_hand).await;
                 drop(permit);
             });
         }
@@ -239,21 +380,16 @@ async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery
 
 /// Hands a delivery back to the broker (nack with requeue), after a pause
 /// when the journal cannot write: the broker delivers it again.
-async fn hand_back(acker: &lapin::Acker, e: &IntakeError) {
+async fn hand_back(in_hand: InHand, e: &IntakeError) {
     if matches!(e, IntakeError::Unavailable(_)) {
         tokio::time::sleep(UNAVAILABLE_PAUSE).await;
     }
-    let _ = acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await;
+    in_hand.answer(Answer::Requeue);
 }
 
-/// One delivery: decoded, committed (or kept as rejected), then
+/// One delivery: decoded, committed (or kept as rejected), then answered:
 /// acknowledged, rejected or handed back.
-async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
+async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery, in_hand: InHand) {
     let source = reader.source.as_str();
     let Delivery {
         delivery_tag,
@@ -262,7 +398,7 @@ async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
         redelivered,
         properties,
         data,
-        acker,
+        ..
     } = delivery;
     let received = Received {
         exchange: exchange.as_str(),
@@ -276,38 +412,25 @@ async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery) {
         (message, Some(reason)) => Checked::Bad(message, reason),
     };
     match checked {
-        Checked::Failed => {
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
-        }
+        Checked::Failed => in_hand.answer(Answer::Requeue),
         Checked::Good(message) => match intake.accept(message).await {
             Ok(accepted) => {
                 tracing::debug!(source, message_id = %accepted.message_id, duplicate = accepted.duplicate, delivery_tag, "accepted");
-                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                    // The broker delivers it again; it is then a duplicate
-                    // when it has a message_id or a business key.
-                    tracing::debug!(source, message_id = %accepted.message_id, error = %e, "cannot acknowledge a committed delivery; the broker will deliver it again");
-                }
+                in_hand.answer(Answer::Ack);
             }
             Err(e) => {
                 tracing::warn!(source, error = %e, "the journal cannot take the message; handing it back to the broker");
-                hand_back(&acker, &e).await;
+                hand_back(in_hand, &e).await;
             }
         },
         Checked::Bad(message, reason) => match intake.reject(message, &reason).await {
             Ok(id) => {
                 tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, sent to the queue's dead-letter exchange");
-                if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
-                    tracing::debug!(source, message_id = %id, error = %e, "cannot reject the delivery; the broker will deliver it again");
-                }
+                in_hand.answer(Answer::Reject);
             }
             Err(e) => {
                 tracing::warn!(source, error = %e, "the journal cannot keep a rejected message; handing it back to the broker");
-                hand_back(&acker, &e).await;
+                hand_back(in_hand, &e).await;
             }
         },
     }
@@ -367,5 +490,46 @@ impl Reader {
             .decode(body, &self.limits)
             .map_err(|e| e.to_string())?;
         Ok(self.business_key.as_ref().and_then(|k| k.read(&value)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Answer, Answers};
+
+    #[test]
+    fn an_acknowledgement_waits_for_every_delivery_before_it() {
+        let mut a: Answers<u64> = Answers::default();
+        for tag in 1..=6 {
+            a.delivered(tag);
+        }
+        // 2 and 3 are committed, 1 is not yet: nothing may go.
+        a.add(2, 2, Answer::Ack);
+        a.add(3, 3, Answer::Ack);
+        assert_eq!(a.due(), (vec![], None));
+        // 1 committed: one acknowledgement up to 3.
+        a.add(1, 1, Answer::Ack);
+        assert_eq!(a.due(), (vec![], Some(3)));
+        // 5 rejected, 4 still in hand: nothing; then 4 handed back, 6
+        // committed: both answered one by one, then the ack of 6.
+        a.add(5, 5, Answer::Reject);
+        assert_eq!(a.due(), (vec![], None));
+        a.add(6, 6, Answer::Ack);
+        a.add(4, 4, Answer::Requeue);
+        assert_eq!(
+            a.due(),
+            (vec![(4, Answer::Requeue), (5, Answer::Reject)], Some(6))
+        );
+        assert_eq!(a.due(), (vec![], None));
+    }
+
+    #[test]
+    fn a_trailing_refusal_is_not_covered_by_an_acknowledgement() {
+        let mut a: Answers<u64> = Answers::default();
+        a.delivered(7);
+        a.add(7, 7, Answer::Ack);
+        a.add(8, 8, Answer::Requeue);
+        // Acknowledging "up to 7" leaves 8 to its own answer.
+        assert_eq!(a.due(), (vec![(8, Answer::Requeue)], Some(7)));
     }
 }
