@@ -4,6 +4,7 @@
 #
 #   bench/amqp.sh [COUNT]          # default 20000 messages
 #   AMQP_URL=amqp://... bench/amqp.sh
+#   NZELA=/path/to/other/nzela bench/amqp.sh  # another build, same broker
 #
 # Needs RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/%2f). Every
 # message is the sample order (2.4 KiB), persistent, in durable classic
@@ -35,7 +36,8 @@ ORDER=tests/fixtures/samples/marketplace/order-paid.json
 cargo build --release --quiet --bin nzela
 cargo build --release --quiet -p nzela-connectors --example amqp_rate
 target=${CARGO_TARGET_DIR:-target}/release
-bin=$target/nzela
+# NZELA=path/to/nzela measures another build (one of an earlier commit).
+bin=${NZELA:-$target/nzela}
 rate=$target/examples/amqp_rate
 work=$(mktemp -d)
 run=bench-$$-$(date +%s)
