@@ -7,7 +7,8 @@
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/nzela
+# NZELA=path/to/nzela measures another build (one of an earlier commit).
+bin=${NZELA:-${CARGO_TARGET_DIR:-target}/release/nzela}
 work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
