@@ -53,6 +53,27 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A channel in confirm mode, with the durable classic `queue` declared.
+async fn confirming_channel(conn: &Connection, queue: &str) -> Result<lapin::Channel, String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(channel)
+}
+
 fn number(s: &str, what: &str) -> Result<usize, String> {
     s.parse()
         .map_err(|_| format!("{what} \"{s}\" is not a number"))
@@ -71,22 +92,7 @@ async fn publish(
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = confirming_channel(&conn, queue).await?;
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::with_capacity(in_flight);
     for i in 0..count {
@@ -194,22 +200,7 @@ async fn relay(
         .await
         .map_err(|e| e.to_string())?;
     let input = conn.create_channel().await.map_err(|e| e.to_string())?;
-    let output = conn.create_channel().await.map_err(|e| e.to_string())?;
-    output
-        .queue_declare(
-            to.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    output
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let output = confirming_channel(&conn, to).await?;
     input
         .basic_qos(in_flight, BasicQosOptions::default())
         .await
