@@ -177,6 +177,23 @@ fn route(name: &str, mapping_file: &str, to: &[&str]) -> Route {
     }
 }
 
+/// The two routes of the shipped configuration: the customs declaration
+/// to `customs`, the UBL order to `commerce`.
+fn both_routes() -> Vec<Route> {
+    vec![
+        route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        ),
+        route(
+            "to_commerce",
+            "marketplace-order-to-ubl-order.yaml",
+            &["commerce"],
+        ),
+    ]
+}
+
 /// Waits until `check` holds on the journal, or fails the test.
 async fn eventually(path: &Path, what: &str, check: impl Fn(&Inspector) -> bool) {
     let inspector = Inspector::open(path).unwrap();
@@ -424,18 +441,7 @@ async fn past_the_memory_queues_every_message_is_still_delivered_exactly_once() 
     let commerce = Scripted::with(vec![]);
     let hub = Hub::start_with(
         &path,
-        vec![
-            route(
-                "to_customs",
-                "marketplace-order-to-asycuda-export.yaml",
-                &["customs"],
-            ),
-            route(
-                "to_commerce",
-                "marketplace-order-to-ubl-order.yaml",
-                &["commerce"],
-            ),
-        ],
+        both_routes(),
         vec![
             (settings("customs", 10), customs.clone()),
             (settings("commerce", 10), commerce.clone()),
@@ -703,18 +709,7 @@ async fn permanent_failures_are_dead_lettered_and_replayed_on_demand() {
     let commerce = Scripted::with(vec![]);
     let hub = Hub::start(
         &path,
-        vec![
-            route(
-                "to_customs",
-                "marketplace-order-to-asycuda-export.yaml",
-                &["customs"],
-            ),
-            route(
-                "to_commerce",
-                "marketplace-order-to-ubl-order.yaml",
-                &["commerce"],
-            ),
-        ],
+        both_routes(),
         vec![
             (settings("customs", 10), customs.clone()),
             (settings("commerce", 10), commerce.clone()),
