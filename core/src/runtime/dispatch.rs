@@ -131,6 +131,32 @@ impl Handoff {
     fn retry_at(&self, at: i64) {
         self.0.retry_at.fetch_min(at, Ordering::AcqRel);
     }
+
+    /// Whether the dispatcher was told to read the journal, or a retry
+    /// recorded since it last did is due.
+    fn journal_due(&self) -> bool {
+        self.0.missed.swap(false, Ordering::AcqRel)
+            || self.0.retry_at.load(Ordering::Acquire) <= now_millis()
+    }
+
+    /// The dispatcher reads the journal now: retries recorded so far are
+    /// seen by that read.
+    fn reading_journal(&self) {
+        self.0.retry_at.store(i64::MAX, Ordering::Release);
+    }
+
+    /// Milliseconds until the soonest retry known (negative when due).
+    fn until_retry(&self) -> i64 {
+        self.0
+            .retry_at
+            .load(Ordering::Acquire)
+            .saturating_sub(now_millis())
+    }
+
+    /// Until a wake-up, `d`, or `shutdown`.
+    async fn wait(&self, shutdown: &CancellationToken, d: Duration) {
+        wait(&self.0.wakeup, shutdown, d).await;
+    }
 }
 
 /// When to give up on a delivery that keeps failing for now.
@@ -229,10 +255,7 @@ impl Dispatcher {
             // was full, retries coming due, and an operator's replays: read
             // it when told to, when a retry is due, and every second anyway
             // (so a steady stream in memory never holds back a retry).
-            if handoff.0.missed.swap(false, Ordering::AcqRel)
-                || looked.elapsed() >= IDLE
-                || handoff.0.retry_at.load(Ordering::Acquire) <= now_millis()
-            {
+            if handoff.journal_due() || looked.elapsed() >= IDLE {
                 from_journal = true;
             }
             // Deliveries handed over are leased already, and older than
@@ -248,7 +271,7 @@ impl Dispatcher {
             if from_journal {
                 let want = free - batch.len();
                 looked = Instant::now();
-                handoff.0.retry_at.store(i64::MAX, Ordering::Release);
+                handoff.reading_journal();
                 match this
                     .journal
                     .lease(&this.settings.name, now_millis(), want)
@@ -267,7 +290,7 @@ impl Dispatcher {
                     Err(e) => {
                         tracing::error!(destination = %this.settings.name, error = %e, "cannot lease deliveries; trying again");
                         if batch.is_empty() {
-                            wait(&handoff.0.wakeup, &shutdown, IDLE).await;
+                            handoff.wait(&shutdown, IDLE).await;
                             continue;
                         }
                     }
@@ -277,17 +300,13 @@ impl Dispatcher {
                 batch.extend(handoff.take(free - batch.len()));
             }
             if batch.is_empty() {
-                let until = handoff
-                    .0
-                    .retry_at
-                    .load(Ordering::Acquire)
-                    .saturating_sub(now_millis());
+                let until = handoff.until_retry();
                 let idle = IDLE
                     .saturating_sub(looked.elapsed())
                     .min(Duration::from_millis(u64::try_from(until).unwrap_or(0)));
                 if !idle.is_zero() {
                     tokio::select! {
-                        () = wait(&handoff.0.wakeup, &shutdown, idle) => {}
+                        () = handoff.wait(&shutdown, idle) => {}
                         Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                     }
                 }
