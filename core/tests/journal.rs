@@ -1,8 +1,14 @@
 //! The journal file itself: its layout, and older layouts brought up to
 //! date without losing anything.
 
-use nzela_core::journal::{Inspector, Journal, SqliteJournal};
+use nzela_core::journal::{
+    Document, Inspector, Journal, NewDelivery, NewMessage, Routing, SqliteJournal,
+};
+use nzela_core::runtime::Incoming;
 use rusqlite::Connection;
+
+/// A real order: 2 KiB of JSON that packs to about 60 % of its size.
+const ORDER: &[u8] = include_bytes!("../../mappings/tests/order-paid.json");
 
 /// The first layout of the journal (bodies inside the message and
 /// delivery rows), as a journal written by an earlier nzela has it.
@@ -145,7 +151,7 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 #[tokio::test]
@@ -179,12 +185,11 @@ async fn a_new_journal_has_the_current_layout_and_large_pages() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-    assert_eq!((version, page), (2, 8192));
+    assert_eq!((version, page), (3, 8192));
 }
 
 #[tokio::test]
 async fn a_message_routed_twice_keeps_the_deliveries_of_the_first_routing() {
-    use nzela_core::journal::{Document, NewDelivery, NewMessage, Routing};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let journal = SqliteJournal::open(&path).unwrap();
@@ -245,4 +250,254 @@ async fn a_message_routed_twice_keeps_the_deliveries_of_the_first_routing() {
         .collect();
     assert_eq!(ids, ["d-first"]);
     assert_eq!(detail.summary.deliveries[0].attempts, 1);
+}
+
+/// The second layout: bodies and documents in tables of their own, every
+/// one stored as it is.
+const LAYOUT_2: &str = r#"
+CREATE TABLE message_bodies (id INTEGER PRIMARY KEY, headers TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, received_at INTEGER NOT NULL, content_type TEXT,
+    body_ref INTEGER, correlation_id TEXT, business_key TEXT, dedup_key TEXT, state TEXT NOT NULL, routed_at INTEGER
+);
+CREATE UNIQUE INDEX messages_dedup ON messages(source, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX messages_received ON messages(received_at) WHERE state = 'received';
+CREATE INDEX messages_business_key ON messages(business_key) WHERE business_key IS NOT NULL;
+CREATE INDEX messages_correlation ON messages(correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE TABLE documents (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY, message_id TEXT NOT NULL REFERENCES messages(id), route TEXT NOT NULL,
+    destination TEXT NOT NULL, state TEXT NOT NULL, document_ref INTEGER, content_type TEXT, extension TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, budget_attempts INTEGER NOT NULL DEFAULT 0, budget_since INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_error TEXT
+);
+CREATE INDEX deliveries_due ON deliveries(destination, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_message ON deliveries(message_id);
+CREATE INDEX deliveries_state ON deliveries(state, route);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, delivery_id TEXT, at INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT
+);
+CREATE INDEX events_message ON events(message_id, seq);
+PRAGMA user_version = 2;
+"#;
+
+fn order_message() -> NewMessage {
+    NewMessage::from(Incoming {
+        source: "orders".into(),
+        content_type: Some("application/json".into()),
+        body: ORDER.to_vec(),
+        ..Default::default()
+    })
+}
+
+fn routing_of(message_id: &str, delivery: &str, body: &[u8]) -> Routing {
+    Routing {
+        message_id: message_id.to_owned(),
+        deliveries: vec![NewDelivery {
+            id: delivery.into(),
+            route: "r".into(),
+            destination: "customs".into(),
+            document: Ok(Document {
+                body: body.to_vec(),
+                content_type: "application/xml".into(),
+                extension: "xml".into(),
+            }),
+            leased: false,
+        }],
+        routes: vec!["r".into()],
+    }
+}
+
+/// (bytes stored, size it unpacks to) of each row of `table`, in order.
+fn stored_sizes(path: &std::path::Path, table: &str) -> Vec<(i64, Option<i64>)> {
+    let c = Connection::open(path).unwrap();
+    let mut stmt = c
+        .prepare(&format!(
+            "SELECT length(body), lz4_size FROM {table} ORDER BY id"
+        ))
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_documents_are_stored_packed_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let order = journal.accept(order_message()).await.unwrap().message_id;
+    // Too small to be worth packing.
+    let small = journal
+        .accept(NewMessage::from(Incoming {
+            source: "orders".into(),
+            body: b"{\"n\":1}".to_vec(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .message_id;
+    // Read back for routing: both whole.
+    let received = journal.received(10).await.unwrap();
+    let bodies: Vec<(&str, &[u8])> = received
+        .iter()
+        .map(|m| (m.id.as_str(), m.body.as_slice()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [(order.as_str(), ORDER), (small.as_str(), &b"{\"n\":1}"[..])]
+    );
+    // A document that packs, and one of random bytes that does not.
+    let xml = format!(
+        "<Declaration>{}</Declaration>",
+        "<Item><Code>8471300000</Code></Item>".repeat(100)
+    );
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            // xorshift64: bytes with no repeats for LZ4 to find.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let recorded = journal
+        .record_routing(vec![
+            routing_of(&order, "d-xml", xml.as_bytes()),
+            routing_of(&small, "d-noise", &noise),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(recorded, [true, true]);
+    let leased = journal.lease("customs", i64::MAX, 10).await.unwrap();
+    let documents: Vec<(&str, &[u8])> = leased
+        .iter()
+        .map(|l| (l.id.as_str(), l.document.body.as_slice()))
+        .collect();
+    assert_eq!(
+        documents,
+        [("d-xml", xml.as_bytes()), ("d-noise", noise.as_slice())]
+    );
+    journal.close().await;
+
+    // On disk: the order and the XML take a fraction of their size; the
+    // small body and the noise are stored as they are.
+    let bodies = stored_sizes(&path, "message_bodies");
+    assert_eq!(bodies[0].1, Some(ORDER.len() as i64));
+    assert!(bodies[0].0 * 3 < ORDER.len() as i64 * 2, "{bodies:?}");
+    assert_eq!(bodies[1], (7, None));
+    let documents = stored_sizes(&path, "documents");
+    assert_eq!(documents[0].1, Some(xml.len() as i64));
+    assert!(documents[0].0 * 4 < xml.len() as i64, "{documents:?}");
+    assert_eq!(documents[1], (noise.len() as i64, None));
+
+    // The command line shows the body whole, and the document's real size.
+    let detail = Inspector::open(&path).unwrap().show(&order).unwrap();
+    assert_eq!(detail.body, ORDER);
+    let mapped = detail
+        .events
+        .iter()
+        .find(|e| e.kind == "mapped")
+        .and_then(|e| e.detail.clone())
+        .unwrap();
+    assert!(
+        mapped.contains(&format!("{} bytes of xml", xml.len())),
+        "{mapped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_of_the_second_layout_keeps_its_bodies_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        c.execute_batch(LAYOUT_2).unwrap();
+        c.execute(
+            "INSERT INTO message_bodies (id, headers, body) VALUES (1, '[]', ?1), (2, '[]', CAST('{\"n\":2}' AS BLOB))",
+            [ORDER],
+        )
+        .unwrap();
+        c.execute_batch(
+            r#"
+            INSERT INTO messages (id, source, received_at, content_type, body_ref, state, routed_at)
+            VALUES ('m-received', 'orders', 1000, 'application/json', 1, 'received', NULL),
+                   ('m-routed', 'orders', 2000, 'application/json', 2, 'routed', 2000);
+            INSERT INTO documents (id, body) VALUES (1, CAST('<pending/>' AS BLOB));
+            INSERT INTO deliveries (id, message_id, route, destination, state, document_ref, content_type, extension,
+                                    attempts, budget_since, next_attempt_at, created_at, updated_at)
+            VALUES ('d-pending', 'm-routed', 'r', 'customs', 'pending', 1, 'application/xml', 'xml', 0, 2000, 2000, 2000, 2000);
+            "#,
+        )
+        .unwrap();
+    }
+    let e = Inspector::open(&path).err().expect("layout 2 is not read");
+    assert!(e.to_string().contains("upgrades it"), "{e}");
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let received = journal.received(10).await.unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body, ORDER);
+    let leased = journal.lease("customs", i64::MAX, 10).await.unwrap();
+    assert_eq!(leased[0].document.body, b"<pending/>");
+    // What comes after the upgrade is packed.
+    let id = journal.accept(order_message()).await.unwrap().message_id;
+    journal.close().await;
+
+    let bodies = stored_sizes(&path, "message_bodies");
+    assert_eq!(bodies[0], (ORDER.len() as i64, None));
+    assert_eq!(bodies[2].1, Some(ORDER.len() as i64));
+    let inspector = Inspector::open(&path).unwrap();
+    assert_eq!(inspector.show("m-received").unwrap().body, ORDER);
+    assert_eq!(inspector.show(&id).unwrap().body, ORDER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_document_dead_letters_its_delivery_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(journal.accept(order_message()).await.unwrap().message_id);
+    }
+    let xml = format!("<Order>{}</Order>", "<Line>1</Line>".repeat(200));
+    journal
+        .record_routing(vec![
+            routing_of(&ids[0], "d-damaged", xml.as_bytes()),
+            routing_of(&ids[1], "d-whole", xml.as_bytes()),
+        ])
+        .await
+        .unwrap();
+    journal.close().await;
+    // The first document's bytes are garbled on disk.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE documents SET body = zeroblob(length(body)) WHERE id = (SELECT document_ref FROM deliveries WHERE id = 'd-damaged')",
+            [],
+        )
+        .unwrap();
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let leased = journal.lease("customs", i64::MAX, 10).await.unwrap();
+    let ids_leased: Vec<&str> = leased.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids_leased, ["d-whole"]);
+    assert_eq!(leased[0].document.body, xml.as_bytes());
+    journal.close().await;
+
+    let detail = Inspector::open(&path).unwrap().show(&ids[0]).unwrap();
+    let delivery = &detail.summary.deliveries[0];
+    assert_eq!(delivery.state, "dead");
+    let dead = detail
+        .events
+        .iter()
+        .find(|e| e.kind == "dead_lettered")
+        .and_then(|e| e.detail.clone())
+        .unwrap();
+    assert!(dead.contains("damaged"), "{dead}");
 }

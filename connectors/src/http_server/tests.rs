@@ -418,11 +418,22 @@ async fn a_full_journal_is_503_and_keeps_nothing_of_the_refused_message() {
         max_size: Some(256 * 1024),
     };
     let hub = start_with(vec![("orders", orders())], options).await;
-    let padding = " ".repeat(16 * 1024);
+    // Hex of pseudo-random bytes: the journal's packing cannot shrink it.
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut padding = || {
+        (0..2 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                format!("{:016x}", state)
+            })
+            .collect::<String>()
+    };
     let mut accepted = 0;
     let refused = loop {
         assert!(accepted < 1_000, "the journal never filled up");
-        let body = format!("{{\"n\": {accepted}}}{padding}");
+        let body = format!("{{\"n\": {accepted}, \"pad\": \"{}\"}}", padding());
         let a = post_json(hub.addr, &body, &[]).await;
         if a.status != 202 {
             break a;

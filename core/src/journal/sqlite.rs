@@ -22,17 +22,22 @@ const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 8192;
 
 /// The layout of the journal, kept in `PRAGMA user_version`.
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 /// Bodies and mapped documents live in tables of their own, written once:
 /// the rows whose state changes (messages, deliveries) stay small, many to
 /// a page, so a change of state rewrites a fraction of a page rather than
 /// the page holding a 2 KiB body (what SQLite's log writes is whole pages).
+///
+/// A body or document is stored as an LZ4 block when that saves at least an
+/// eighth of it (JSON and XML shrink to a third or less): `lz4_size` is
+/// then the size it unpacks to, and NULL for one stored as is.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS message_bodies (
-    id      INTEGER PRIMARY KEY,
-    headers TEXT NOT NULL,
-    body    BLOB NOT NULL
+    id       INTEGER PRIMARY KEY,
+    headers  TEXT NOT NULL,
+    body     BLOB NOT NULL,
+    lz4_size INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS messages (
@@ -54,8 +59,9 @@ CREATE INDEX IF NOT EXISTS messages_business_key ON messages(business_key) WHERE
 CREATE INDEX IF NOT EXISTS messages_correlation ON messages(correlation_id) WHERE correlation_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS documents (
-    id   INTEGER PRIMARY KEY,
-    body BLOB NOT NULL
+    id       INTEGER PRIMARY KEY,
+    body     BLOB NOT NULL,
+    lz4_size INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -115,6 +121,13 @@ UPDATE deliveries SET document_ref = rowid WHERE body IS NOT NULL;
 ALTER TABLE deliveries DROP COLUMN body;
 "#;
 
+/// From the second layout (every body stored as is). What is there stays
+/// as it is; what comes is packed where that pays.
+const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE message_bodies ADD COLUMN lz4_size INTEGER;
+ALTER TABLE documents ADD COLUMN lz4_size INTEGER;
+"#;
+
 /// Creates the tables of a new journal, or brings an older one to the
 /// current layout (in one transaction: all of it or nothing).
 fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
@@ -142,6 +155,11 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), JournalError
         tx.execute_batch(MIGRATE_1_TO_2)
             .map_err(|e| storage(format!("cannot upgrade {}: {e}", path.display())))?;
     }
+    if existing && version < 3 {
+        tracing::info!(journal = %path.display(), "packing bodies and documents from now on (journal layout 3)");
+        tx.execute_batch(MIGRATE_2_TO_3)
+            .map_err(|e| storage(format!("cannot upgrade {}: {e}", path.display())))?;
+    }
     tx.execute_batch(SCHEMA).map_err(storage)?;
     tx.pragma_update(None, "user_version", VERSION)
         .map_err(storage)?;
@@ -151,9 +169,10 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), JournalError
 type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
 enum Op {
-    Accept(NewMessage, Reply<Accepted>),
-    Reject(NewMessage, String, Reply<String>),
-    Route(Vec<Routing>, Reply<Vec<bool>>),
+    /// The message (its body taken out) and its body, packed.
+    Accept(NewMessage, Packed, Reply<Accepted>),
+    Reject(NewMessage, Packed, String, Reply<String>),
+    Route(Vec<PackedRouting>, Reply<Vec<bool>>),
     Lease {
         destination: String,
         now: i64,
@@ -190,6 +209,61 @@ pub struct SqliteJournal {
 
 fn storage(e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(e.to_string())
+}
+
+/// Bodies shorter than this are stored as they are: packing them would
+/// save next to nothing.
+const PACK_FROM: usize = 256;
+
+/// A body or document as the journal stores it.
+#[derive(Debug)]
+struct Packed {
+    bytes: Vec<u8>,
+    /// The size it unpacks to; `None` when stored as is.
+    lz4_size: Option<i64>,
+}
+
+/// An LZ4 block of `body` where that saves at least an eighth of it,
+/// otherwise `body` as it is. Packed by the caller, so that the one writer
+/// thread only writes.
+fn pack(body: Vec<u8>) -> Packed {
+    if body.len() >= PACK_FROM {
+        let packed = lz4_flex::block::compress(&body);
+        if packed.len() <= body.len() - body.len() / 8 {
+            return Packed {
+                lz4_size: i64::try_from(body.len()).ok(),
+                bytes: packed,
+            };
+        }
+    }
+    Packed {
+        bytes: body,
+        lz4_size: None,
+    }
+}
+
+/// The body stored as `bytes` (an LZ4 block when `lz4_size` is set).
+fn unpack(bytes: Vec<u8>, lz4_size: Option<i64>) -> Result<Vec<u8>, String> {
+    let Some(size) = lz4_size else {
+        return Ok(bytes);
+    };
+    // An LZ4 block unpacks to at most 255 times its size: a size past that
+    // is damage, not a reason to allocate.
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&n| n <= bytes.len().saturating_mul(255).saturating_add(16))
+        .ok_or_else(|| {
+            format!(
+                "a packed body of {} bytes claims to unpack to {size}",
+                bytes.len()
+            )
+        })?;
+    lz4_flex::block::decompress(&bytes, size).map_err(|e| {
+        format!(
+            "a packed body of {} bytes does not unpack: {e}",
+            bytes.len()
+        )
+    })
 }
 
 /// Opens (and creates) the database with the settings every connection needs.
@@ -310,9 +384,40 @@ impl SqliteJournal {
     }
 }
 
+/// A routing whose documents are packed: `lz4_sizes[i]` goes with
+/// `routing.deliveries[i]`.
+struct PackedRouting {
+    routing: Routing,
+    lz4_sizes: Vec<Option<i64>>,
+}
+
+fn pack_routing(mut routing: Routing) -> PackedRouting {
+    let lz4_sizes = routing
+        .deliveries
+        .iter_mut()
+        .map(|d| match &mut d.document {
+            Ok(doc) => {
+                let packed = pack(std::mem::take(&mut doc.body));
+                doc.body = packed.bytes;
+                packed.lz4_size
+            }
+            Err(_) => None,
+        })
+        .collect();
+    PackedRouting { routing, lz4_sizes }
+}
+
+/// The message without its body, and the body packed.
+fn pack_message(mut message: NewMessage) -> (NewMessage, Packed) {
+    let body = pack(std::mem::take(&mut message.body));
+    (message, body)
+}
+
 impl Journal for SqliteJournal {
     fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
-        Box::pin(self.request(|r| Op::Accept(message, r)))
+        // A message body is a few KiB: packed here, on the caller's task.
+        let (message, body) = pack_message(message);
+        Box::pin(self.request(|r| Op::Accept(message, body, r)))
     }
 
     fn reject(
@@ -320,33 +425,50 @@ impl Journal for SqliteJournal {
         message: NewMessage,
         reason: String,
     ) -> BoxFuture<'_, Result<String, JournalError>> {
-        Box::pin(self.request(|r| Op::Reject(message, reason, r)))
+        let (message, body) = pack_message(message);
+        Box::pin(self.request(|r| Op::Reject(message, body, reason, r)))
     }
 
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
         Box::pin(self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT m.id, m.source, m.received_at, m.content_type, b.headers, b.body, m.correlation_id, m.business_key
+                    "SELECT m.id, m.source, m.received_at, m.content_type, b.headers, b.body, m.correlation_id, m.business_key,
+                            b.lz4_size
                      FROM messages m JOIN message_bodies b ON b.id = m.body_ref
                      WHERE m.state = 'received' ORDER BY m.received_at LIMIT ?1",
                 )
                 .map_err(storage)?;
             let rows = stmt
                 .query_map([limit as i64], |r| {
-                    Ok(StoredMessage {
-                        id: r.get(0)?,
-                        source: r.get(1)?,
-                        received_at: r.get(2)?,
-                        content_type: r.get(3)?,
-                        headers: headers_from_json(&r.get::<_, String>(4)?),
-                        body: r.get(5)?,
-                        correlation_id: r.get(6)?,
-                        business_key: r.get(7)?,
-                    })
+                    Ok((
+                        StoredMessage {
+                            id: r.get(0)?,
+                            source: r.get(1)?,
+                            received_at: r.get(2)?,
+                            content_type: r.get(3)?,
+                            headers: headers_from_json(&r.get::<_, String>(4)?),
+                            body: r.get(5)?,
+                            correlation_id: r.get(6)?,
+                            business_key: r.get(7)?,
+                        },
+                        r.get::<_, Option<i64>>(8)?,
+                    ))
                 })
                 .map_err(storage)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+            let mut messages = Vec::new();
+            for row in rows {
+                let (mut m, lz4_size) = row.map_err(storage)?;
+                match unpack(std::mem::take(&mut m.body), lz4_size) {
+                    Ok(body) => {
+                        m.body = body;
+                        messages.push(m);
+                    }
+                    // Damage on disk: the other messages go on.
+                    Err(e) => tracing::error!(message_id = %m.id, error = %e, "cannot read a message's body from the journal; it is not routed"),
+                }
+            }
+            Ok(messages)
         }))
     }
 
@@ -354,7 +476,16 @@ impl Journal for SqliteJournal {
         &self,
         routings: Vec<Routing>,
     ) -> BoxFuture<'_, Result<Vec<bool>, JournalError>> {
-        Box::pin(self.request(|r| Op::Route(routings, r)))
+        Box::pin(async move {
+            // A page of routings holds megabytes of documents: packed off
+            // the reactor.
+            let packed = tokio::task::spawn_blocking(move || {
+                routings.into_iter().map(pack_routing).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| storage(format!("cannot pack documents: {e}")))?;
+            self.request(|r| Op::Route(packed, r)).await
+        })
     }
 
     fn lease<'a>(
@@ -533,11 +664,11 @@ fn apply(conn: &mut Connection, batch: &mut Vec<Op>) -> Option<oneshot::Sender<(
 /// to give (with the batch's error) and the error.
 fn execute(tx: &Transaction<'_>, op: Op, now: i64) -> Result<Answer, (Answer, rusqlite::Error)> {
     match op {
-        Op::Accept(m, reply) => match accept(tx, &m, now) {
+        Op::Accept(m, body, reply) => match accept(tx, &m, &body, now) {
             Ok(r) => Ok(Answer::Accepted(reply, Ok(r))),
             Err(e) => Err((Answer::Accepted(reply, Err(JournalError::Closed)), e)),
         },
-        Op::Reject(m, reason, reply) => match reject(tx, &m, &reason, now) {
+        Op::Reject(m, body, reason, reply) => match reject(tx, &m, &body, &reason, now) {
             Ok(()) => Ok(Answer::Id(reply, Ok(m.id))),
             Err(e) => Err((Answer::Id(reply, Err(JournalError::Closed)), e)),
         },
@@ -589,8 +720,8 @@ fn execute(tx: &Transaction<'_>, op: Op, now: i64) -> Result<Answer, (Answer, ru
 /// batch failed); it is answered with the batch's error.
 fn unanswered(op: Op) -> Answer {
     match op {
-        Op::Accept(_, reply) => Answer::Accepted(reply, Err(JournalError::Closed)),
-        Op::Reject(_, _, reply) => Answer::Id(reply, Err(JournalError::Closed)),
+        Op::Accept(_, _, reply) => Answer::Accepted(reply, Err(JournalError::Closed)),
+        Op::Reject(_, _, _, reply) => Answer::Id(reply, Err(JournalError::Closed)),
         Op::Route(_, reply) => Answer::Flags(reply, Err(JournalError::Closed)),
         Op::Outcome { reply, .. } => Answer::Unit(reply, Err(JournalError::Closed)),
         Op::Lease { reply, .. } => Answer::Leased(reply, Err(JournalError::Closed)),
@@ -614,7 +745,12 @@ fn event(
     Ok(())
 }
 
-fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, rusqlite::Error> {
+fn accept(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    body: &Packed,
+    now: i64,
+) -> Result<Accepted, rusqlite::Error> {
     if let Some(key) = &m.dedup_key {
         let first: Option<String> = tx
             // `IS NOT NULL` says in the text what the partial index needs
@@ -639,7 +775,7 @@ fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, ru
             });
         }
     }
-    insert_message(tx, m, m.dedup_key.as_deref(), MessageState::Received)?;
+    insert_message(tx, m, body, m.dedup_key.as_deref(), MessageState::Received)?;
     // The trail's "received" event is the row itself (see `Inspector::show`):
     // one insert less on the hottest path.
     Ok(Accepted {
@@ -653,21 +789,27 @@ fn accept(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<Accepted, ru
 fn reject(
     tx: &Transaction<'_>,
     m: &NewMessage,
+    body: &Packed,
     reason: &str,
     now: i64,
 ) -> Result<(), rusqlite::Error> {
-    insert_message(tx, m, None, MessageState::Rejected)?;
+    insert_message(tx, m, body, None, MessageState::Rejected)?;
     event(tx, &m.id, None, now, "rejected", reason)
 }
 
 fn insert_message(
     tx: &Transaction<'_>,
     m: &NewMessage,
+    body: &Packed,
     dedup_key: Option<&str>,
     state: MessageState,
 ) -> Result<(), rusqlite::Error> {
-    tx.prepare_cached("INSERT INTO message_bodies (headers, body) VALUES (?1, ?2)")?
-        .execute(params![headers_to_json(&m.headers), m.body])?;
+    tx.prepare_cached("INSERT INTO message_bodies (headers, body, lz4_size) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            headers_to_json(&m.headers),
+            body.bytes,
+            body.lz4_size
+        ])?;
     let body_ref = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO messages (id, source, received_at, content_type, body_ref, correlation_id, business_key, dedup_key, state)
@@ -688,7 +830,11 @@ fn insert_message(
 }
 
 /// Records one routing; `false` if the message was routed already.
-fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<bool, rusqlite::Error> {
+fn route(tx: &Transaction<'_>, r: &PackedRouting, now: i64) -> Result<bool, rusqlite::Error> {
+    let PackedRouting {
+        routing: r,
+        lz4_sizes,
+    } = r;
     let state = if r.deliveries.is_empty() {
         "unrouted"
     } else {
@@ -717,11 +863,11 @@ fn route(tx: &Transaction<'_>, r: &Routing, now: i64) -> Result<bool, rusqlite::
     }
     // "routed" and "mapped" are not stored as events: the message and
     // delivery rows say them (see `Inspector::derived_events`).
-    for d in &r.deliveries {
+    for (d, lz4_size) in r.deliveries.iter().zip(lz4_sizes) {
         let (state, document_ref, content_type, extension, error) = match &d.document {
             Ok(doc) => (
                 if d.leased { "inflight" } else { "pending" },
-                Some(insert_document(tx, &doc.body)?),
+                Some(insert_document(tx, &doc.body, *lz4_size)?),
                 Some(doc.content_type.as_str()),
                 Some(doc.extension.as_str()),
                 None,
@@ -767,9 +913,13 @@ fn unlease(
     Ok(n)
 }
 
-fn insert_document(tx: &Transaction<'_>, body: &[u8]) -> Result<i64, rusqlite::Error> {
-    tx.prepare_cached("INSERT INTO documents (body) VALUES (?1)")?
-        .execute([body])?;
+fn insert_document(
+    tx: &Transaction<'_>,
+    body: &[u8],
+    lz4_size: Option<i64>,
+) -> Result<i64, rusqlite::Error> {
+    tx.prepare_cached("INSERT INTO documents (body, lz4_size) VALUES (?1, ?2)")?
+        .execute(params![body, lz4_size])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -814,9 +964,9 @@ fn lease(
         budget_since,
     ) in rows
     {
-        let (business_key, correlation_id, received_at, body) = tx
+        let (business_key, correlation_id, received_at, body, lz4_size) = tx
             .prepare_cached(
-                "SELECT m.business_key, m.correlation_id, m.received_at, d.body
+                "SELECT m.business_key, m.correlation_id, m.received_at, d.body, d.lz4_size
                  FROM messages m LEFT JOIN documents d ON d.id = ?2 WHERE m.id = ?1",
             )?
             .query_row(params![&message_id, document_ref], |r| {
@@ -825,8 +975,24 @@ fn lease(
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })?;
+        let body = match unpack(body.unwrap_or_default(), lz4_size) {
+            Ok(body) => body,
+            Err(e) => {
+                // Damage on disk: this delivery cannot be made; it is
+                // dead-lettered with the reason, and the others go on.
+                let reason = format!("its document in the journal is damaged: {e}");
+                tracing::error!(delivery_id = %id, message_id = %message_id, error = %reason, "delivery dead-lettered");
+                tx.prepare_cached(
+                    "UPDATE deliveries SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, now, reason])?;
+                event(tx, &message_id, Some(&id), now, "dead_lettered", &reason)?;
+                continue;
+            }
+        };
         out.push(Leased {
             id,
             message_id,
@@ -834,7 +1000,7 @@ fn lease(
             destination: destination.to_owned(),
             attempt,
             document: Document {
-                body: body.unwrap_or_default(),
+                body,
                 content_type: content_type.unwrap_or_default(),
                 extension: extension.unwrap_or_default(),
             },
@@ -1150,7 +1316,7 @@ impl Inspector {
         let (content_type, headers, correlation_id, body) = self
             .conn
             .query_row(
-                "SELECT m.content_type, b.headers, m.correlation_id, b.body
+                "SELECT m.content_type, b.headers, m.correlation_id, b.body, b.lz4_size
                  FROM messages m JOIN message_bodies b ON b.id = m.body_ref WHERE m.id = ?1",
                 [id],
                 |r| {
@@ -1158,11 +1324,16 @@ impl Inspector {
                         r.get::<_, Option<String>>(0)?,
                         headers_from_json(&r.get::<_, String>(1)?),
                         r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
+                        (r.get::<_, Vec<u8>>(3)?, r.get::<_, Option<i64>>(4)?),
                     ))
                 },
             )
             .map_err(storage)?;
+        let body = unpack(body.0, body.1).map_err(|e| {
+            storage(format!(
+                "message {id}: its body in the journal is damaged: {e}"
+            ))
+        })?;
         // The first event is the message's own row.
         let received = EventRecord {
             at: summary.received_at,
@@ -1239,7 +1410,7 @@ impl Inspector {
             .conn
             .prepare(
                 "SELECT d.id, d.route, d.destination, d.state, d.attempts, d.created_at, d.updated_at,
-                        d.extension, length(doc.body)
+                        d.extension, COALESCE(doc.lz4_size, length(doc.body))
                  FROM deliveries d LEFT JOIN documents doc ON doc.id = d.document_ref
                  WHERE d.message_id = ?1 ORDER BY d.rowid",
             )
