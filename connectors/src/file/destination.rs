@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use nzela_core::runtime::{BoxFuture, Destination, Outbound, SendOutcome};
 
@@ -16,6 +17,7 @@ pub struct FileDestination {
     name: String,
     dir: PathBuf,
     templates: Templates,
+    folder: Arc<FolderSync>,
 }
 
 impl FileDestination {
@@ -38,6 +40,7 @@ impl FileDestination {
             name: name.to_owned(),
             dir,
             templates,
+            folder: Arc::default(),
         })
     }
 
@@ -54,13 +57,16 @@ impl FileDestination {
         // The attempt too names the temporary file: an attempt cut short by
         // the dispatcher's timeout may still be writing when the next one
         // of the same delivery starts.
-        let (dir, temp_id, body) = (
+        let (dir, temp_id, body, folder) = (
             self.dir.clone(),
             format!("{}.{}", out.delivery_id, out.attempt),
             out.body.clone(),
+            self.folder.clone(),
         );
-        let written =
-            tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &temp_id, &body)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            write_atomic(&dir, &name, &temp_id, &body, &folder)
+        })
+        .await;
         match written {
             Ok(Ok(path)) => {
                 tracing::debug!(
@@ -87,9 +93,71 @@ impl Destination for FileDestination {
     }
 }
 
+/// Flushes an outbox folder for many renames at once. A rename is durable
+/// once a flush of its folder has started after it: whoever finds no flush
+/// running starts one that covers every rename made so far, and the others
+/// wait for it or for the next (a group commit, as the journal's). Under
+/// load, one flush serves the writes of many deliveries.
+#[derive(Debug, Default)]
+struct FolderSync {
+    state: Mutex<Renames>,
+    flushed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Renames {
+    /// Renames made, in order.
+    made: u64,
+    /// Renames made durable (the first `flushed` of them).
+    flushed: u64,
+    flushing: bool,
+}
+
+impl FolderSync {
+    fn state(&self) -> MutexGuard<'_, Renames> {
+        // Nothing panics while holding it: a poisoned lock is still sound.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once a `flush` of the folder that started after the
+    /// caller's rename has succeeded, or with the error of the flush it ran
+    /// itself.
+    fn after_rename(&self, flush: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut state = self.state();
+        state.made += 1;
+        let mine = state.made;
+        loop {
+            if state.flushed >= mine {
+                return Ok(());
+            }
+            if !state.flushing {
+                state.flushing = true;
+                let upto = state.made;
+                drop(state);
+                let result = flush();
+                let mut state = self.state();
+                state.flushing = false;
+                if result.is_ok() {
+                    state.flushed = state.flushed.max(upto);
+                }
+                // On failure the others run a flush of their own.
+                self.flushed.notify_all();
+                return result;
+            }
+            state = self.flushed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// Writes `body` as `dir/name` so that no reader ever sees part of it and
 /// a crash leaves either the whole file or none.
-fn write_atomic(dir: &Path, name: &str, temp_id: &str, body: &[u8]) -> Result<PathBuf, String> {
+fn write_atomic(
+    dir: &Path,
+    name: &str,
+    temp_id: &str,
+    body: &[u8],
+    folder: &FolderSync,
+) -> Result<PathBuf, String> {
     let target = dir.join(name);
     // Named after the delivery and its attempt, so that two writes of the
     // same name at once never share a temporary file.
@@ -118,8 +186,8 @@ fn write_atomic(dir: &Path, name: &str, temp_id: &str, body: &[u8]) -> Result<Pa
             )
         })?;
         // The rename is durable only once the folder itself is flushed.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+        folder
+            .after_rename(|| File::open(dir).and_then(|d| d.sync_all()))
             .map_err(|e| format!("cannot flush the folder {} to disk: {e}", dir.display()))
     })();
     match result {
@@ -128,5 +196,71 @@ fn write_atomic(dir: &Path, name: &str, temp_id: &str, body: &[u8]) -> Result<Pa
             let _ = fs::remove_file(&temp);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod folder_sync {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use super::FolderSync;
+
+    #[test]
+    fn one_flush_serves_the_renames_made_while_another_ran() {
+        let sync = Arc::new(FolderSync::default());
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (sync, flushes, start) = (sync.clone(), flushes.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    sync.after_rename(|| {
+                        flushes.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let n = flushes.load(Ordering::SeqCst);
+        // One flush each would be 16.
+        assert!((1..=8).contains(&n), "{n} flushes for 16 renames");
+        let state = sync.state();
+        assert_eq!((state.made, state.flushed), (16, 16));
+    }
+
+    #[test]
+    fn a_failed_flush_fails_its_runner_and_the_others_flush_again() {
+        let sync = Arc::new(FolderSync::default());
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (sync, flushes, start) = (sync.clone(), flushes.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    sync.after_rename(|| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        if flushes.fetch_add(1, Ordering::SeqCst) == 0 {
+                            Err(std::io::Error::other("disk gone"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Exactly the runner of the failed flush learns of it; nobody is
+        // told "durable" on the strength of the failed flush.
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+        assert!(flushes.load(Ordering::SeqCst) >= 2);
+        assert_eq!(sync.state().flushed, 4);
     }
 }
