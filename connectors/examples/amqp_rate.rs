@@ -7,7 +7,14 @@
 //! amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT]   # persistent, confirmed
 //! amqp_rate consume URL QUEUE COUNT [PREFETCH]              # acknowledged one by one
 //! amqp_rate relay URL FROM TO COUNT [IN_FLIGHT]             # FROM -> TO, confirmed, then acked
+//! amqp_rate count URL QUEUE COUNT                          # waits until QUEUE holds COUNT
 //! ```
+//!
+//! `count` measures what another client (nzela) publishes to QUEUE without
+//! consuming it: it asks the broker for the queue's length every 10 ms (a
+//! passive declare), so that the measuring costs the machine next to
+//! nothing, as for `publish`. Timed from the first message seen to the
+//! last.
 //!
 //! `relay` is what a bridge with no journal and no mapping does: each
 //! message consumed from FROM is published (persistent, mandatory) to the
@@ -42,7 +49,8 @@ async fn main() -> ExitCode {
         ["relay", url, from, to, count, rest @ ..] => {
             relay(url, from, to, count, rest.first().copied()).await
         }
-        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH] | relay URL FROM TO COUNT [IN_FLIGHT]".to_owned()),
+        ["count", url, queue, count] => count_up(url, queue, count).await,
+        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH] | relay URL FROM TO COUNT [IN_FLIGHT] | count URL QUEUE COUNT".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,6 +189,44 @@ async fn consume(
     println!(
         "consumed {count} messages in {secs:.2} s: {:.0} msg/s",
         (count.saturating_sub(1)) as f64 / secs
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+async fn count_up(url: &str, queue: &str, count: &str) -> Result<(), String> {
+    let count = number(count, "COUNT")?;
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let mut first: Option<(Instant, usize)> = None;
+    loop {
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = q.message_count() as usize;
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= count {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (at, seen) = first.unwrap_or((Instant::now(), count));
+    let secs = at.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "counted {count} messages in {secs:.2} s: {:.0} msg/s",
+        (count - seen) as f64 / secs
     );
     let _ = conn.close(200, "done".into()).await;
     Ok(())
