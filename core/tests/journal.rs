@@ -501,3 +501,33 @@ async fn a_damaged_document_dead_letters_its_delivery_and_no_other() {
         .unwrap();
     assert!(dead.contains("damaged"), "{dead}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_is_packed_off_the_callers_task_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    // 1 MiB of orders: packed on the blocking pool.
+    let mut body = b"[".to_vec();
+    while body.len() < 1 << 20 {
+        body.extend_from_slice(ORDER);
+        body.push(b',');
+    }
+    body.extend_from_slice(b"{}]");
+    let id = journal
+        .accept(NewMessage::from(Incoming {
+            source: "orders".into(),
+            body: body.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .message_id;
+    let received = journal.received(10).await.unwrap();
+    assert_eq!(received[0].id, id);
+    assert!(received[0].body == body, "the body read back differs");
+    journal.close().await;
+    let stored = stored_sizes(&path, "message_bodies");
+    assert_eq!(stored[0].1, Some(body.len() as i64));
+    assert!(stored[0].0 * 10 < body.len() as i64, "{stored:?}");
+}

@@ -407,17 +407,29 @@ fn pack_routing(mut routing: Routing) -> PackedRouting {
     PackedRouting { routing, lz4_sizes }
 }
 
+/// Bodies up to this size are packed on the caller's task (a few
+/// microseconds for a typical message); larger ones on the blocking pool.
+const PACK_INLINE: usize = 64 << 10;
+
 /// The message without its body, and the body packed.
-fn pack_message(mut message: NewMessage) -> (NewMessage, Packed) {
-    let body = pack(std::mem::take(&mut message.body));
-    (message, body)
+async fn pack_message(mut message: NewMessage) -> Result<(NewMessage, Packed), JournalError> {
+    let body = std::mem::take(&mut message.body);
+    let body = if body.len() <= PACK_INLINE {
+        pack(body)
+    } else {
+        tokio::task::spawn_blocking(move || pack(body))
+            .await
+            .map_err(|e| storage(format!("cannot pack a message body: {e}")))?
+    };
+    Ok((message, body))
 }
 
 impl Journal for SqliteJournal {
     fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
-        // A message body is a few KiB: packed here, on the caller's task.
-        let (message, body) = pack_message(message);
-        Box::pin(self.request(|r| Op::Accept(message, body, r)))
+        Box::pin(async move {
+            let (message, body) = pack_message(message).await?;
+            self.request(|r| Op::Accept(message, body, r)).await
+        })
     }
 
     fn reject(
@@ -425,8 +437,10 @@ impl Journal for SqliteJournal {
         message: NewMessage,
         reason: String,
     ) -> BoxFuture<'_, Result<String, JournalError>> {
-        let (message, body) = pack_message(message);
-        Box::pin(self.request(|r| Op::Reject(message, body, reason, r)))
+        Box::pin(async move {
+            let (message, body) = pack_message(message).await?;
+            self.request(|r| Op::Reject(message, body, reason, r)).await
+        })
     }
 
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
