@@ -226,7 +226,7 @@ async fn count_up(url: &str, queue: &str, count: &str) -> Result<(), String> {
     let secs = at.elapsed().as_secs_f64().max(1e-9);
     println!(
         "counted {count} messages in {secs:.2} s: {:.0} msg/s",
-        (count - seen) as f64 / secs
+        count.saturating_sub(seen) as f64 / secs
     );
     let _ = conn.close(200, "done".into()).await;
     Ok(())

@@ -462,26 +462,34 @@ async fn a_damaged_document_dead_letters_its_delivery_and_no_other() {
     let path = dir.path().join("j.db");
     let journal = SqliteJournal::open(&path).unwrap();
     let mut ids = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         ids.push(journal.accept(order_message()).await.unwrap().message_id);
     }
     let xml = format!("<Order>{}</Order>", "<Line>1</Line>".repeat(200));
     journal
         .record_routing(vec![
-            routing_of(&ids[0], "d-damaged", xml.as_bytes()),
-            routing_of(&ids[1], "d-whole", xml.as_bytes()),
+            routing_of(&ids[0], "d-zeroed", xml.as_bytes()),
+            routing_of(&ids[1], "d-cut", xml.as_bytes()),
+            routing_of(&ids[2], "d-whole", xml.as_bytes()),
         ])
         .await
         .unwrap();
     journal.close().await;
-    // The first document's bytes are garbled on disk.
-    Connection::open(&path)
-        .unwrap()
-        .execute(
-            "UPDATE documents SET body = zeroblob(length(body)) WHERE id = (SELECT document_ref FROM deliveries WHERE id = 'd-damaged')",
-            [],
-        )
-        .unwrap();
+    // On disk, one document's bytes are zeroed and another's cut short (a
+    // block cut short decodes without error, to fewer bytes).
+    let c = Connection::open(&path).unwrap();
+    let doc = "(SELECT document_ref FROM deliveries WHERE id = ?1)";
+    c.execute(
+        &format!("UPDATE documents SET body = zeroblob(length(body)) WHERE id = {doc}"),
+        ["d-zeroed"],
+    )
+    .unwrap();
+    c.execute(
+        &format!("UPDATE documents SET body = substr(body, 1, length(body) - 8) WHERE id = {doc}"),
+        ["d-cut"],
+    )
+    .unwrap();
+    drop(c);
 
     let journal = SqliteJournal::open(&path).unwrap();
     let leased = journal.lease("customs", i64::MAX, 10).await.unwrap();
@@ -490,20 +498,65 @@ async fn a_damaged_document_dead_letters_its_delivery_and_no_other() {
     assert_eq!(leased[0].document.body, xml.as_bytes());
     journal.close().await;
 
-    let detail = Inspector::open(&path).unwrap().show(&ids[0]).unwrap();
-    let delivery = &detail.summary.deliveries[0];
-    assert_eq!(delivery.state, "dead");
-    let dead = detail
-        .events
-        .iter()
-        .find(|e| e.kind == "dead_lettered")
-        .and_then(|e| e.detail.clone())
-        .unwrap();
-    assert!(dead.contains("damaged"), "{dead}");
+    let inspector = Inspector::open(&path).unwrap();
+    for id in &ids[..2] {
+        let detail = inspector.show(id).unwrap();
+        assert_eq!(detail.summary.deliveries[0].state, "dead");
+        let dead = detail
+            .events
+            .iter()
+            .find(|e| e.kind == "dead_lettered")
+            .and_then(|e| e.detail.clone())
+            .unwrap();
+        assert!(dead.contains("damaged"), "{dead}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_body_is_packed_off_the_callers_task_and_read_back_whole() {
+async fn a_damaged_body_sets_its_message_aside_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let damaged = journal.accept(order_message()).await.unwrap().message_id;
+    let whole = journal.accept(order_message()).await.unwrap().message_id;
+    journal.close().await;
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE message_bodies SET body = substr(body, 1, length(body) - 8)
+             WHERE id = (SELECT body_ref FROM messages WHERE id = ?1)",
+            [&damaged],
+        )
+        .unwrap();
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let ids = |ms: Vec<nzela_core::journal::StoredMessage>| -> Vec<String> {
+        ms.into_iter().map(|m| m.id).collect()
+    };
+    assert_eq!(ids(journal.received(10).await.unwrap()), [whole.clone()]);
+    // Set aside once: the next read does not meet it again.
+    assert_eq!(ids(journal.received(10).await.unwrap()), [whole]);
+    journal.close().await;
+
+    // Its trail is still shown, and says why.
+    let detail = Inspector::open(&path).unwrap().show(&damaged).unwrap();
+    assert_eq!(detail.summary.state, "rejected");
+    assert!(detail.body.is_empty());
+    let details: Vec<&str> = detail
+        .events
+        .iter()
+        .filter_map(|e| e.detail.as_deref())
+        .collect();
+    assert!(details[0].contains("damaged"), "{details:?}");
+    let rejected = detail.events.iter().find(|e| e.kind == "rejected").unwrap();
+    assert!(
+        rejected.detail.as_deref().unwrap_or("").contains("damaged"),
+        "{rejected:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_is_packed_and_read_back_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let journal = SqliteJournal::open(&path).unwrap();

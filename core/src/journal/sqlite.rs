@@ -186,6 +186,8 @@ enum Op {
         reply: Reply<()>,
     },
     Release(Reply<usize>),
+    /// Messages whose body no longer unpacks, with why: set `rejected`.
+    Damaged(Damaged, Reply<usize>),
     Unlease(Vec<(String, u32)>, Reply<usize>),
     Close(oneshot::Sender<()>),
 }
@@ -258,12 +260,22 @@ fn unpack(bytes: Vec<u8>, lz4_size: Option<i64>) -> Result<Vec<u8>, String> {
                 bytes.len()
             )
         })?;
-    lz4_flex::block::decompress(&bytes, size).map_err(|e| {
+    let body = lz4_flex::block::decompress(&bytes, size).map_err(|e| {
         format!(
             "a packed body of {} bytes does not unpack: {e}",
             bytes.len()
         )
-    })
+    })?;
+    // The size is where the block must end: one cut short decodes without
+    // error to fewer bytes.
+    if body.len() != size {
+        return Err(format!(
+            "a packed body of {} bytes unpacks to {} bytes, not {size}",
+            bytes.len(),
+            body.len()
+        ));
+    }
+    Ok(body)
 }
 
 /// Opens (and creates) the database with the settings every connection needs.
@@ -384,6 +396,54 @@ impl SqliteJournal {
     }
 }
 
+/// Messages whose body no longer unpacks: id, and why.
+type Damaged = Vec<(String, String)>;
+
+/// The messages waiting to be routed, oldest first, and those among them
+/// whose body no longer unpacks.
+fn read_received(
+    c: &Connection,
+    limit: usize,
+) -> Result<(Vec<StoredMessage>, Damaged), JournalError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT m.id, m.source, m.received_at, m.content_type, b.headers, b.body, m.correlation_id, m.business_key,
+                    b.lz4_size
+             FROM messages m JOIN message_bodies b ON b.id = m.body_ref
+             WHERE m.state = 'received' ORDER BY m.received_at LIMIT ?1",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            Ok((
+                StoredMessage {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    received_at: r.get(2)?,
+                    content_type: r.get(3)?,
+                    headers: headers_from_json(&r.get::<_, String>(4)?),
+                    body: r.get(5)?,
+                    correlation_id: r.get(6)?,
+                    business_key: r.get(7)?,
+                },
+                r.get::<_, Option<i64>>(8)?,
+            ))
+        })
+        .map_err(storage)?;
+    let (mut messages, mut damaged) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (mut m, lz4_size) = row.map_err(storage)?;
+        match unpack(std::mem::take(&mut m.body), lz4_size) {
+            Ok(body) => {
+                m.body = body;
+                messages.push(m);
+            }
+            Err(e) => damaged.push((m.id, format!("its body in the journal is damaged: {e}"))),
+        }
+    }
+    Ok((messages, damaged))
+}
+
 /// A routing whose documents are packed: `lz4_sizes[i]` goes with
 /// `routing.deliveries[i]`.
 struct PackedRouting {
@@ -444,46 +504,18 @@ impl Journal for SqliteJournal {
     }
 
     fn received(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
-        Box::pin(self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT m.id, m.source, m.received_at, m.content_type, b.headers, b.body, m.correlation_id, m.business_key,
-                            b.lz4_size
-                     FROM messages m JOIN message_bodies b ON b.id = m.body_ref
-                     WHERE m.state = 'received' ORDER BY m.received_at LIMIT ?1",
-                )
-                .map_err(storage)?;
-            let rows = stmt
-                .query_map([limit as i64], |r| {
-                    Ok((
-                        StoredMessage {
-                            id: r.get(0)?,
-                            source: r.get(1)?,
-                            received_at: r.get(2)?,
-                            content_type: r.get(3)?,
-                            headers: headers_from_json(&r.get::<_, String>(4)?),
-                            body: r.get(5)?,
-                            correlation_id: r.get(6)?,
-                            business_key: r.get(7)?,
-                        },
-                        r.get::<_, Option<i64>>(8)?,
-                    ))
-                })
-                .map_err(storage)?;
-            let mut messages = Vec::new();
-            for row in rows {
-                let (mut m, lz4_size) = row.map_err(storage)?;
-                match unpack(std::mem::take(&mut m.body), lz4_size) {
-                    Ok(body) => {
-                        m.body = body;
-                        messages.push(m);
-                    }
-                    // Damage on disk: the other messages go on.
-                    Err(e) => tracing::error!(message_id = %m.id, error = %e, "cannot read a message's body from the journal; it is not routed"),
+        Box::pin(async move {
+            let (messages, damaged) = self.read(move |c| read_received(c, limit)).await?;
+            // Damage on disk: such a message cannot be routed. It is set
+            // aside with why (once), and the others go on.
+            if !damaged.is_empty() {
+                for (id, reason) in &damaged {
+                    tracing::error!(message_id = %id, error = %reason, "message rejected: it cannot be routed");
                 }
+                self.request(|r| Op::Damaged(damaged, r)).await?;
             }
             Ok(messages)
-        }))
+        })
     }
 
     fn record_routing(
@@ -718,6 +750,10 @@ fn execute(tx: &Transaction<'_>, op: Op, now: i64) -> Result<Answer, (Answer, ru
             Ok(n) => Ok(Answer::Count(reply, Ok(n))),
             Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
         },
+        Op::Damaged(messages, reply) => match set_damaged(tx, &messages, now) {
+            Ok(n) => Ok(Answer::Count(reply, Ok(n))),
+            Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
+        },
         Op::Unlease(leases, reply) => match unlease(tx, &leases, now) {
             Ok(n) => Ok(Answer::Count(reply, Ok(n))),
             Err(e) => Err((Answer::Count(reply, Err(JournalError::Closed)), e)),
@@ -739,7 +775,7 @@ fn unanswered(op: Op) -> Answer {
         Op::Route(_, reply) => Answer::Flags(reply, Err(JournalError::Closed)),
         Op::Outcome { reply, .. } => Answer::Unit(reply, Err(JournalError::Closed)),
         Op::Lease { reply, .. } => Answer::Leased(reply, Err(JournalError::Closed)),
-        Op::Release(reply) | Op::Unlease(_, reply) => {
+        Op::Release(reply) | Op::Unlease(_, reply) | Op::Damaged(_, reply) => {
             Answer::Count(reply, Err(JournalError::Closed))
         }
         Op::Close(_) => Answer::None,
@@ -908,6 +944,28 @@ fn route(tx: &Transaction<'_>, r: &PackedRouting, now: i64) -> Result<bool, rusq
         }
     }
     Ok(true)
+}
+
+/// Takes messages whose body is damaged on disk out of the way of routing:
+/// `rejected`, with the reason in their trail.
+fn set_damaged(
+    tx: &Transaction<'_>,
+    messages: &[(String, String)],
+    now: i64,
+) -> Result<usize, rusqlite::Error> {
+    let mut n = 0;
+    for (id, reason) in messages {
+        let changed = tx
+            .prepare_cached(
+                "UPDATE messages SET state = 'rejected' WHERE id = ?1 AND state = 'received'",
+            )?
+            .execute([id])?;
+        if changed > 0 {
+            event(tx, id, None, now, "rejected", reason)?;
+            n += changed;
+        }
+    }
+    Ok(n)
 }
 
 fn unlease(
@@ -1343,17 +1401,24 @@ impl Inspector {
                 },
             )
             .map_err(storage)?;
-        let body = unpack(body.0, body.1).map_err(|e| {
-            storage(format!(
-                "message {id}: its body in the journal is damaged: {e}"
-            ))
-        })?;
+        let (body, damage) = match unpack(body.0, body.1) {
+            Ok(body) => (body, None),
+            // The trail is still worth reading: shown without the body.
+            Err(e) => (Vec::new(), Some(e)),
+        };
         // The first event is the message's own row.
+        let detail = match damage {
+            None => format!("from {}, {} bytes", summary.source, body.len()),
+            Some(e) => format!(
+                "from {}; its body in the journal is damaged: {e}",
+                summary.source
+            ),
+        };
         let received = EventRecord {
             at: summary.received_at,
             kind: "received".to_owned(),
             delivery_id: None,
-            detail: Some(format!("from {}, {} bytes", summary.source, body.len())),
+            detail: Some(detail),
         };
         let mut stmt = self
             .conn
@@ -1554,5 +1619,36 @@ impl Inspector {
         }
         tx.commit().map_err(storage)?;
         Ok(dead.into_iter().map(|(d, _)| d).collect())
+    }
+}
+
+#[cfg(test)]
+mod packing {
+    use super::{pack, unpack};
+
+    #[test]
+    fn a_packed_body_cut_short_anywhere_is_an_error_never_a_shorter_body() {
+        let body = "<Item><Code>8471300000</Code><Qty>3</Qty></Item>".repeat(60);
+        let packed = pack(body.clone().into_bytes());
+        let size = packed.lz4_size.expect("XML packs");
+        assert_eq!(
+            unpack(packed.bytes.clone(), Some(size)).unwrap(),
+            body.as_bytes()
+        );
+        for cut in 0..packed.bytes.len() {
+            let r = unpack(packed.bytes[..cut].to_vec(), Some(size));
+            assert!(
+                r.is_err(),
+                "cut at {cut} of {} unpacked",
+                packed.bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_size_no_block_can_reach_is_refused_before_allocating() {
+        let e = unpack(vec![0; 16], Some(1 << 40)).unwrap_err();
+        assert!(e.contains("claims to unpack"), "{e}");
+        assert!(unpack(vec![0; 16], Some(-1)).is_err());
     }
 }
