@@ -450,6 +450,18 @@ async fn a_journal_of_the_second_layout_keeps_its_bodies_as_they_are() {
 
     let bodies = stored_sizes(&path, "message_bodies");
     assert_eq!(bodies[0], (ORDER.len() as i64, None));
+    // The index on every delivery's state gives way to one on those in
+    // flight (what a start looks for).
+    let c = Connection::open(&path).unwrap();
+    let index = |name: &str| -> bool {
+        c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(!index("deliveries_state") && index("deliveries_inflight"));
     assert_eq!(bodies[2].1, Some(ORDER.len() as i64));
     let inspector = Inspector::open(&path).unwrap();
     assert_eq!(inspector.show("m-received").unwrap().body, ORDER);

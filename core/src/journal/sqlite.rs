@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message_id);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, route);
+-- What a stop left in flight, found again at the next start.
+CREATE INDEX IF NOT EXISTS deliveries_inflight ON deliveries(destination) WHERE state = 'inflight';
 
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY,
@@ -126,6 +127,7 @@ ALTER TABLE deliveries DROP COLUMN body;
 const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE message_bodies ADD COLUMN lz4_size INTEGER;
 ALTER TABLE documents ADD COLUMN lz4_size INTEGER;
+DROP INDEX IF EXISTS deliveries_state;
 "#;
 
 /// Creates the tables of a new journal, or brings an older one to the
