@@ -545,9 +545,9 @@ async fn a_damaged_body_sets_its_message_aside_and_no_other() {
     let ids = |ms: Vec<nzela_core::journal::StoredMessage>| -> Vec<String> {
         ms.into_iter().map(|m| m.id).collect()
     };
-    assert_eq!(ids(journal.received(10).await.unwrap()), [whole.clone()]);
+    assert_eq!(ids(journal.received(10).await.unwrap()), [whole.as_str()]);
     // Set aside once: the next read does not meet it again.
-    assert_eq!(ids(journal.received(10).await.unwrap()), [whole]);
+    assert_eq!(ids(journal.received(10).await.unwrap()), [whole.as_str()]);
     journal.close().await;
 
     // Its trail is still shown, and says why.

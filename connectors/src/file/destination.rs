@@ -206,14 +206,15 @@ mod folder_sync {
 
     use super::FolderSync;
 
+    /// The `FolderSync`, each caller's result, and each flush's (renames
+    /// made when it started, succeeded).
+    type Run = (Arc<FolderSync>, Vec<std::io::Result<()>>, Vec<(u64, bool)>);
+
     /// Runs `threads` renames at once through one `FolderSync`; each flush
     /// records how many renames had been made when it started, and fails if
     /// `fails(n)` for the n-th flush. Returns the callers' results and the
     /// flushes' (renames made at start, succeeded).
-    fn renames(
-        threads: usize,
-        fails: fn(usize) -> bool,
-    ) -> (Arc<FolderSync>, Vec<std::io::Result<()>>, Vec<(u64, bool)>) {
+    fn renames(threads: usize, fails: fn(usize) -> bool) -> Run {
         let sync = Arc::new(FolderSync::default());
         let flushes = Arc::new(Mutex::new(Vec::new()));
         let start = Arc::new(Barrier::new(threads));
