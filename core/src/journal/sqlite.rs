@@ -231,11 +231,13 @@ struct Packed {
 /// otherwise `body` as it is. Packed by the caller, so that the one writer
 /// thread only writes.
 fn pack(body: Vec<u8>) -> Packed {
-    if body.len() >= PACK_FROM {
+    if body.len() >= PACK_FROM
+        && let Ok(size) = i64::try_from(body.len())
+    {
         let packed = lz4_flex::block::compress(&body);
         if packed.len() <= body.len() - body.len() / 8 {
             return Packed {
-                lz4_size: i64::try_from(body.len()).ok(),
+                lz4_size: Some(size),
                 bytes: packed,
             };
         }
