@@ -61,6 +61,36 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn connect(url: &str) -> Result<Connection, String> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A consumer of `queue` on a channel of its own, `prefetch` unacknowledged
+/// at most.
+async fn consumer(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<lapin::Consumer, String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A channel in confirm mode, with the durable classic `queue` declared.
 async fn confirming_channel(conn: &Connection, queue: &str) -> Result<lapin::Channel, String> {
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -97,9 +127,7 @@ async fn publish(
     let count = number(count, "COUNT")?;
     let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
     let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = connect(url).await?;
     let channel = confirming_channel(&conn, queue).await?;
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::with_capacity(in_flight);
@@ -151,23 +179,8 @@ async fn consume(
     let count = number(count, "COUNT")?;
     let prefetch = u16::try_from(number(prefetch.unwrap_or("500"), "PREFETCH")?)
         .map_err(|_| "PREFETCH is at most 65535".to_owned())?;
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "amqp_rate".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = connect(url).await?;
+    let mut consumer = consumer(&conn, queue, prefetch, "amqp_rate").await?;
     let mut first = None;
     let mut n = 0;
     while n < count {
@@ -196,9 +209,7 @@ async fn consume(
 
 async fn count_up(url: &str, queue: &str, count: &str) -> Result<(), String> {
     let count = number(count, "COUNT")?;
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = connect(url).await?;
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
     let mut first: Option<(Instant, usize)> = None;
     loop {
@@ -242,24 +253,9 @@ async fn relay(
     let count = number(count, "COUNT")?;
     let in_flight = u16::try_from(number(in_flight.unwrap_or("256"), "IN_FLIGHT")?)
         .map_err(|_| "IN_FLIGHT is at most 65535".to_owned())?;
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let input = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let conn = connect(url).await?;
     let output = confirming_channel(&conn, to).await?;
-    input
-        .basic_qos(in_flight, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = input
-        .basic_consume(
-            from.into(),
-            "amqp_rate_relay".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut consumer = consumer(&conn, from, in_flight, "amqp_rate_relay").await?;
     let mut tasks = tokio::task::JoinSet::new();
     let (mut received, mut done) = (0, 0);
     let mut first = None;

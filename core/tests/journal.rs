@@ -65,15 +65,22 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_message ON events(message_id, seq);
 "#;
 
+/// A journal of an earlier `layout`, as an earlier nzela left it, open for
+/// its rows to be written.
+fn old_journal(path: &std::path::Path, layout: &str) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch(layout).unwrap();
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
-        let c = Connection::open(&path).unwrap();
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        c.execute_batch(LAYOUT_1).unwrap();
+        let c = old_journal(&path, LAYOUT_1);
         c.execute_batch(
             r#"
             INSERT INTO messages (id, source, received_at, content_type, headers, body, business_key, state, routed_at)
@@ -413,10 +420,7 @@ async fn a_journal_of_the_second_layout_keeps_its_bodies_as_they_are() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
-        let c = Connection::open(&path).unwrap();
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        c.execute_batch(LAYOUT_2).unwrap();
+        let c = old_journal(&path, LAYOUT_2);
         c.execute(
             "INSERT INTO message_bodies (id, headers, body) VALUES (1, '[]', ?1), (2, '[]', CAST('{\"n\":2}' AS BLOB))",
             [ORDER],

@@ -212,8 +212,7 @@ mod folder_sync {
 
     /// Runs `threads` renames at once through one `FolderSync`; each flush
     /// records how many renames had been made when it started, and fails if
-    /// `fails(n)` for the n-th flush. Returns the callers' results and the
-    /// flushes' (renames made at start, succeeded).
+    /// `fails(n)` for the n-th flush.
     fn renames(threads: usize, fails: fn(usize) -> bool) -> Run {
         let sync = Arc::new(FolderSync::default());
         let flushes = Arc::new(Mutex::new(Vec::new()));

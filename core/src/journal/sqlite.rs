@@ -957,13 +957,12 @@ fn set_damaged(
     messages: &[(String, String)],
     now: i64,
 ) -> Result<usize, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE messages SET state = 'rejected' WHERE id = ?1 AND state = 'received'",
+    )?;
     let mut n = 0;
     for (id, reason) in messages {
-        let changed = tx
-            .prepare_cached(
-                "UPDATE messages SET state = 'rejected' WHERE id = ?1 AND state = 'received'",
-            )?
-            .execute([id])?;
+        let changed = stmt.execute([id])?;
         if changed > 0 {
             event(tx, id, None, now, "rejected", reason)?;
             n += changed;
