@@ -25,6 +25,7 @@ pub const ENV_SEPARATOR: &str = "__";
 const TOP_KEYS: &[&str] = &[
     "journal",
     "log",
+    "delivery",
     "shutdown_timeout",
     "sources",
     "destinations",
@@ -99,6 +100,39 @@ pub struct RouteConfig {
     pub to: OneOrMany,
 }
 
+/// The threads that route, map and send: their number, and how much
+/// lower their scheduling priority is than the intake's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Worker threads for routing, mapping and sending. Default: one per
+    /// core.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Added to nzela's nice value on those threads (0 to 19; Linux).
+    /// Default 10: when the cores are full, accepting messages (a commit
+    /// and an answer) goes first and delivery takes what is left; the
+    /// journal keeps what waits.
+    #[serde(default = "default_delivery_nice")]
+    pub nice: u8,
+}
+
+/// The most a nice value can be raised by (from 0 to 19).
+pub const MAX_NICE: u8 = 19;
+
+fn default_delivery_nice() -> u8 {
+    10
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            threads: None,
+            nice: default_delivery_nice(),
+        }
+    }
+}
+
 /// A name or a list of names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -120,6 +154,7 @@ impl OneOrMany {
 pub struct Config {
     pub journal: JournalConfig,
     pub log: LogConfig,
+    pub delivery: DeliveryConfig,
     /// How long a stop waits for work in flight.
     pub shutdown_timeout: Duration,
     pub sources: BTreeMap<String, SourceConfig>,
@@ -298,6 +333,28 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
             format!("\"{}\" is not a log format: text or json", log.format),
         );
     }
+    let delivery = top
+        .remove("delivery")
+        .map_or_else(
+            || Some(DeliveryConfig::default()),
+            |v| l.section("delivery", v),
+        )
+        .unwrap_or_default();
+    if delivery.nice > MAX_NICE {
+        l.problem(
+            "delivery.nice",
+            format!(
+                "{} is not a nice value to add: from 0 (the intake's priority) to {MAX_NICE} (the lowest)",
+                delivery.nice
+            ),
+        );
+    }
+    if delivery.threads == Some(0) {
+        l.problem(
+            "delivery.threads",
+            "0 threads: delivery needs at least one thread",
+        );
+    }
     let shutdown_timeout = match top.remove("shutdown_timeout") {
         None => Duration::from_secs(10),
         Some(v) => match nzela_connectors::common::parse_duration_value(&v) {
@@ -430,6 +487,7 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
     Ok(Config {
         journal,
         log,
+        delivery,
         shutdown_timeout,
         sources,
         destinations,

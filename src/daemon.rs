@@ -1,6 +1,11 @@
 //! `nzela run`: builds the hub from a checked configuration and runs it
 //! until SIGINT or SIGTERM.
 //!
+//! Two runtimes: the intake (sources) runs on the caller's, routing,
+//! mapping and sending on `delivery`, whose threads have a lower priority
+//! (see `priority`). Destinations are built on it, so that their
+//! connections and blocking work live there too.
+//!
 //! Start: the journal is opened (one daemon per journal, enforced with a
 //! lock file), deliveries left leased by a previous run are made due at
 //! once, then dispatchers, the router and the sources start, in that order,
@@ -27,7 +32,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 
 /// Runs the hub; returns when it has stopped.
-pub async fn run(mut config: Config) -> Result<(), String> {
+pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result<(), String> {
     let _lock = lock(&config)?;
     let journal = SqliteJournal::open(&config.journal.path).map_err(|e| e.to_string())?;
     let journal: Arc<dyn Journal> = Arc::new(journal);
@@ -47,8 +52,11 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let mut handoffs = HashMap::new();
     let drain = shutdown.child_token();
     for (name, d) in &config.destinations {
-        let destination = nzela_connectors::build_destination(name, d)
+        let (n, dc) = (name.clone(), d.clone());
+        let destination = delivery
+            .spawn(async move { nzela_connectors::build_destination(&n, &dc).await })
             .await
+            .map_err(|e| format!("destination {name}: {e}"))?
             .map_err(|e| format!("destination {name}: {e}"))?;
         let settings = d.dispatch_settings(name);
         // Room in memory for the deliveries in flight and as many waiting.
@@ -62,12 +70,12 @@ pub async fn run(mut config: Config) -> Result<(), String> {
             intake.clone(),
         );
         let grace = config.shutdown_timeout;
-        workers.spawn(dispatcher.run(drain.clone(), grace));
+        workers.spawn_on(dispatcher.run(drain.clone(), grace), &delivery);
     }
 
     let routes = build_routes(&mut config);
     let router = Router::new(journal.clone(), routes, router_feed, handoffs);
-    workers.spawn(router.run(drain.clone()));
+    workers.spawn_on(router.run(drain.clone()), &delivery);
 
     // Sources last. HTTP endpoints that share an address share a server.
     let mut sources = JoinSet::new();

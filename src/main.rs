@@ -5,6 +5,7 @@
 mod commands;
 mod config;
 mod daemon;
+mod priority;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1086,6 +1086,122 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
 }
 
 // ---------------------------------------------------------------------------
+// 9b. Delivery threads below the intake
+
+/// The nice value of each thread of `pid`, by thread name.
+fn thread_nice_values(pid: u32) -> Vec<(u32, String, i64)> {
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            fs::read_to_string(task.join("comm")),
+            fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Field 19 is the nice value; fields are counted after the name's
+        // closing parenthesis (a name may hold spaces).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        let tid = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        threads.push((tid, comm.trim().to_owned(), nice));
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn delivery_threads_run_at_a_lower_priority_than_the_intake() {
+    let hub = Hub::new();
+    let customs = hub.path("out/customs");
+    let commerce = hub.path("out/commerce");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            "\n[delivery]\nthreads = 3\nnice = 7\n".to_owned(),
+            http_source("marketplace_orders", ORDERS_PATH, ""),
+            shipped_routes(&customs, &commerce, "{{ message_id }}.xml"),
+        ]
+        .concat(),
+    );
+    let d = Daemon::start(hub.dir(), &config, &[], &[]);
+    // An order through both routes: the outboxes' blocking threads exist.
+    let sample = fs::read(repo_file(SAMPLE_ORDER)).unwrap();
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &sample).unwrap());
+    for dir in [&customs, &commerce] {
+        d.wait_for("both documents", || {
+            fs::metadata(dir.join(format!("{id}.xml"))).ok()
+        });
+    }
+
+    let threads = thread_nice_values(d.pid());
+    let base = threads
+        .iter()
+        .find(|(tid, _, _)| *tid == d.pid())
+        .map(|t| t.2)
+        .unwrap();
+    let lowered = (base + 7).min(19);
+    let delivery: Vec<_> = threads
+        .iter()
+        .filter(|(_, name, _)| name == "nzela-delivery")
+        .collect();
+    let intake: Vec<_> = threads
+        .iter()
+        .filter(|(_, name, _)| name == "nzela" || name == "nzela-journal")
+        .collect();
+    // Three workers at least, and the outboxes' blocking threads.
+    assert!(delivery.len() > 3, "{threads:?}");
+    assert!(
+        intake.iter().any(|t| t.1 == "nzela-journal") && intake.iter().any(|t| t.1 == "nzela"),
+        "{threads:?}"
+    );
+    assert!(
+        delivery.iter().all(|t| t.2 == lowered),
+        "delivery threads not at nice {lowered}: {threads:?}"
+    );
+    assert!(
+        intake.iter().all(|t| t.2 == base),
+        "intake or journal threads lowered: {threads:?}"
+    );
+    assert_eq!(
+        threads.len(),
+        delivery.len() + intake.len(),
+        "threads of another kind: {threads:?}"
+    );
+}
+
+#[test]
+fn delivery_settings_are_checked() {
+    let hub = Hub::new();
+    for (extra, key, what) in [
+        ("nice = 25", "nice = 25", "25 is not a nice value"),
+        ("nice = 5\nthread = 2", "thread = 2", "thread"),
+        ("threads = 0", "threads = 0", "at least one thread"),
+    ] {
+        let text = [
+            top(&hub, "5s"),
+            format!("\n[delivery]\n{extra}\n"),
+            http_source("marketplace_orders", ORDERS_PATH, ""),
+        ]
+        .concat();
+        let file = hub.config("delivery.toml", &text);
+        let file = file.to_str().unwrap();
+        let check = run_bounded(hub.dir(), &[], &["check", "--config", file], DEADLINE);
+        assert_eq!(check.status.code(), Some(78), "{extra}: {check:?}");
+        let at = format!("{file}:{}:", line_with(&text, key));
+        assert!(
+            check
+                .stderr
+                .lines()
+                .any(|l| l.contains(&at) && l.contains(what)),
+            "{extra}: no problem about {what} at {at}:\n{}",
+            check.stderr
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // 10. Environment overrides and secrets
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::EXIT_CONFIG;
-use crate::{config, daemon};
+use crate::{config, daemon, priority};
 
 pub fn run(file: &Path, log_format: Option<&str>) -> ExitCode {
     let config = match config::load(file) {
@@ -40,7 +40,17 @@ pub fn run(file: &Path, log_format: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config)) {
+    let delivery = match delivery_runtime(&config.delivery) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the delivery threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(daemon::run(config, delivery.handle().clone()));
+    // Everything on it has stopped; what a connection still holds is let go.
+    delivery.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "nzela stopped on an error");
@@ -48,6 +58,25 @@ pub fn run(file: &Path, log_format: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime that routes, maps and sends, on threads of their own at a
+/// lower priority than the intake's (see `priority`).
+fn delivery_runtime(settings: &config::DeliveryConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    let nice = priority::Nice::this_thread_plus(settings.nice)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .enable_all()
+        .thread_name("nzela-delivery")
+        .on_thread_start(move || {
+            if let Err(e) = nice.apply() {
+                tracing::warn!(error = %e, nice = nice.value(), "cannot lower the priority of a delivery thread");
+            }
+        });
+    if let Some(n) = settings.threads {
+        builder.worker_threads(n);
+    }
+    builder.build()
 }
 
 /// Text for people or JSON for collectors; `RUST_LOG` overrides the level.
