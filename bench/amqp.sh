@@ -5,23 +5,26 @@
 #   bench/amqp.sh [COUNT]          # default 20000 messages
 #   AMQP_URL=amqp://... bench/amqp.sh
 #   NZELA=/path/to/other/nzela bench/amqp.sh  # another build, same broker
+#   PREFETCH=N CONCURRENCY=N bench/amqp.sh     # nzela's consumer prefetch
+#                                              # and publishes in flight
 #
 # Needs RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/%2f). Every
 # message is the sample order (2.4 KiB), persistent, in durable classic
 # queues; all confirms and acknowledgements are awaited.
 #
 # 1. raw publish: one client publishes COUNT messages with confirms
-#    (256 in flight) to a queue;
+#    (as many in flight as nzela keeps: CONCURRENCY, default 1024) to a
+#    queue;
 # 2. raw consume: one client consumes them back, acknowledging each
 #    (prefetch 500);
 # 2b. raw relay: COUNT messages wait in a queue; one client consumes them
-#    (prefetch 256), publishes each to another queue with confirms and
+#    (prefetch: the same window), publishes each to another queue with confirms and
 #    acknowledges it once confirmed: a bridge with no journal and no
 #    mapping, the most any consume -> publish path gets from this broker;
 # 3. nzela: COUNT orders wait in its input queue; nzela consumes them
-#    (prefetch 500), commits each to its journal (fsync'ed group commits)
+#    (prefetch 500, or PREFETCH), commits each to its journal (fsync'ed group commits)
 #    before acknowledging it, maps it to the customs declaration and
-#    publishes that with confirms (the destination's default of 256 in
+#    publishes that with confirms (the destination's default of 1024 in
 #    flight; CONCURRENCY=N to change it); timed from the first declaration
 #    to the last as they arrive on a bound queue, which nobody consumes (as
 #    for the raw publish): `amqp_rate count` polls its length. Consuming
@@ -32,6 +35,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-20000}
+# Messages awaiting their confirm: nzela's destination and the raw
+# clients keep the same window.
+WINDOW=${CONCURRENCY:-1024}
 URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 ORDER=tests/fixtures/samples/marketplace/order-paid.json
 
@@ -61,13 +67,13 @@ per_msg() { echo "($2 - $1) * 1000000 / $hz / $COUNT" | bc; }
 
 echo "== broker: raw publish and consume ($COUNT messages)"
 b0=$(ticks "$beam")
-raw_pub=$("$rate" publish "$URL" "$run.raw" "$COUNT" "$ORDER" 256)
+raw_pub=$("$rate" publish "$URL" "$run.raw" "$COUNT" "$ORDER" "$WINDOW")
 b1=$(ticks "$beam")
 echo "$raw_pub (broker CPU $(per_msg "$b0" "$b1") us per message)"
 raw_con=$("$rate" consume "$URL" "$run.raw" "$COUNT" 500)
 echo "$raw_con"
 "$rate" publish "$URL" "$run.relay-in" "$COUNT" "$ORDER" 256 >/dev/null
-raw_relay=$("$rate" relay "$URL" "$run.relay-in" "$run.relay-out" "$COUNT" 256)
+raw_relay=$("$rate" relay "$URL" "$run.relay-in" "$run.relay-out" "$COUNT" "$WINDOW")
 echo "$raw_relay"
 
 cat > "$work/nzela.toml" <<TOML
@@ -80,7 +86,7 @@ level = "warn"
 type = "amqp"
 url = "$URL"
 queue = "$run.in"
-prefetch = 500
+prefetch = ${PREFETCH:-500}
 format = "json"
 business_key = "order.order_id"
 [[sources.orders.topology.queues]]
@@ -90,7 +96,7 @@ type = "amqp"
 url = "$URL"
 exchange = "$run.customs"
 routing_key = "declaration.export"
-${CONCURRENCY:+concurrency = $CONCURRENCY}
+concurrency = $WINDOW
 [[destinations.customs.topology.exchanges]]
 name = "$run.customs"
 kind = "topic"
@@ -131,7 +137,7 @@ r() { sed -E 's/.*: ([0-9]+) msg\/s.*/\1/' <<<"$1"; }
 echo
 echo "| measure | msg/s |"
 echo "|---|---|"
-echo "| broker: confirmed publish, 1 client, 256 in flight | $(r "$raw_pub") |"
+echo "| broker: confirmed publish, 1 client, $WINDOW in flight | $(r "$raw_pub") |"
 echo "| broker: consume with acks, 1 client, prefetch 500 | $(r "$raw_con") |"
-echo "| broker: relay (consume, confirmed publish, ack), 1 client, 256 in flight | $(r "$raw_relay") |"
+echo "| broker: relay (consume, confirmed publish, ack), 1 client, $WINDOW in flight | $(r "$raw_relay") |"
 echo "| nzela: consume -> journal -> map -> confirmed publish | $(r "$e2e") |"

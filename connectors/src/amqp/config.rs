@@ -140,9 +140,11 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub topology: Topology,
     /// Deliveries in flight at once (published, awaiting their confirm).
-    /// Default 256: a broker confirms in batches, after its own fsync, so a
+    /// Default 1024: a broker confirms in batches, after its own fsync, so a
     /// publisher that waits on few confirms at a time is held to a few
-    /// hundred messages a second whatever the broker could take.
+    /// hundred messages a second whatever the broker could take; and
+    /// nzela's own commits lie between a delivery and the next, so the
+    /// window must cover both. Each holds its document in memory.
     #[serde(default = "default_publish_concurrency")]
     pub concurrency: NonZeroUsize,
     /// When to give up on a delivery that keeps failing for now (a table:
@@ -506,5 +508,5 @@ fn header_templates<'de, D: Deserializer<'de>>(
 }
 
 fn default_publish_concurrency() -> NonZeroUsize {
-    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
 }

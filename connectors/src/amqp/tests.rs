@@ -109,7 +109,7 @@ fn a_destination_checks_its_routing_key_and_dispatch_settings() {
     assert_eq!(s.reply_to, None);
     // Many confirms awaited at once unless told otherwise.
     let s = destination(json!({})).unwrap().dispatch_settings("customs");
-    assert_eq!(s.concurrency, 256);
+    assert_eq!(s.concurrency, 1024);
     let e = destination(json!({"routing_key": "{{ delivry_id }}"})).unwrap_err();
     assert!(e.contains("`routing_key` is not a valid template"), "{e}");
     let e = destination(json!({"routing_key": "x".repeat(300)})).unwrap_err();
