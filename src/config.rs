@@ -239,6 +239,18 @@ impl Loader<'_> {
 
     /// Reads one section; a problem names the field serde complained about
     /// when it can be told.
+    /// The top-level table `key`, taken out of `top`: its defaults when it
+    /// is absent, and when it is broken (the problem is recorded).
+    fn table_or_default<T: for<'de> Deserialize<'de> + Default>(
+        &mut self,
+        top: &mut serde_json::Map<String, Json>,
+        key: &str,
+    ) -> T {
+        top.remove(key)
+            .and_then(|v| self.section(key, v))
+            .unwrap_or_default()
+    }
+
     fn section<T: for<'de> Deserialize<'de>>(&mut self, key: &str, value: Json) -> Option<T> {
         match serde_json::from_value::<T>(value) {
             Ok(v) => Some(v),
@@ -316,30 +328,15 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
             });
         }
     }
-    let journal = top
-        .remove("journal")
-        .map_or_else(
-            || Some(JournalConfig::default()),
-            |v| l.section("journal", v),
-        )
-        .unwrap_or_default();
-    let log = top
-        .remove("log")
-        .map_or_else(|| Some(LogConfig::default()), |v| l.section("log", v))
-        .unwrap_or_default();
+    let journal: JournalConfig = l.table_or_default(&mut top, "journal");
+    let log: LogConfig = l.table_or_default(&mut top, "log");
     if !matches!(log.format.as_str(), "text" | "json") {
         l.problem(
             "log.format",
             format!("\"{}\" is not a log format: text or json", log.format),
         );
     }
-    let delivery = top
-        .remove("delivery")
-        .map_or_else(
-            || Some(DeliveryConfig::default()),
-            |v| l.section("delivery", v),
-        )
-        .unwrap_or_default();
+    let delivery: DeliveryConfig = l.table_or_default(&mut top, "delivery");
     if delivery.nice > MAX_NICE {
         l.problem(
             "delivery.nice",
