@@ -38,12 +38,15 @@ count() { ls -f "$work/data/out/$1" 2>/dev/null | grep -c '\.xml$' || true; }
 echo "nzela RSS before: $(rss) KiB"
 (while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss)"; sleep 1; done) > "$work/samples" &
 start=$(date +%s.%N)
+t0=$(ticks)
 ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
   wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
   "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
 accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")
+t1=$(ticks)
 echo "accepted (202): $((accepted - refused)) of $accepted requests"
+echo "nzela CPU while taking them in: $(per_order "$t0" "$t1" "$accepted") us per order"
 
 if [ -n "${INTAKE_ONLY:-}" ]; then
   echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
@@ -58,6 +61,7 @@ for outbox in customs commerce; do
   done
 done
 end=$(date +%s.%N)
+echo "nzela CPU from the first order to the last document: $(per_order "$t0" "$(ticks)" "$want") us per order"
 awk -v s="$start" -v e="$end" -v n="$want" -v c="$(count customs)" -v u="$(count commerce)" \
   'BEGIN { printf "outputs: %d declarations and %d UBL orders in %.1f s = %.0f documents/s (%.0f orders/s)\n", c, u, e - s, 2 * n / (e - s), n / (e - s) }'
 echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"

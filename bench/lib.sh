@@ -4,6 +4,7 @@
 #   start_nzela CONFIG PORT   runs nzela on CONFIG (log in $work/nzela.log),
 #                             sets $pid, waits until /health answers
 #   rss                       nzela's resident memory, KiB
+#   ticks, per_order          nzela's CPU time, and per order
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet
@@ -20,3 +21,9 @@ start_nzela() {
 }
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+
+# CPU time (user + system, clock ticks) nzela has used so far, and the
+# microseconds of it per order between two readings: per_order T0 T1 N.
+hz=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+per_order() { echo "($2 - $1) * 1000000 / $hz / $3" | bc; }

@@ -11,8 +11,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::str::FromStr;
 use std::time::Duration;
 
-use nzela_core::Value;
-use nzela_core::codec::{Codec, Format, Limits};
+use nzela_core::codec::{Codec, DecodeError, Format, Limits};
 use nzela_core::runtime::FieldPath;
 use nzela_core::runtime::dispatch::{DispatchSettings, RetryPolicy};
 use serde::Deserialize;
@@ -306,13 +305,6 @@ impl<'de> Deserialize<'de> for SourceFormat {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BusinessKey(pub FieldPath);
 
-impl BusinessKey {
-    /// The key's text in a decoded message, when it holds a single value.
-    pub fn read(&self, message: &Value) -> Option<String> {
-        self.0.text(message)
-    }
-}
-
 impl fmt::Display for BusinessKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
@@ -326,6 +318,18 @@ impl<'de> Deserialize<'de> for BusinessKey {
             .map(BusinessKey)
             .map_err(de::Error::custom)
     }
+}
+
+/// Checks a message as its source's codec decodes it and reads its
+/// business key, without building more of it than the key needs
+/// ([`check_message`]).
+pub(crate) fn check_message(
+    codec: &Codec,
+    limits: &Limits,
+    key: Option<&BusinessKey>,
+    body: &[u8],
+) -> Result<Option<String>, DecodeError> {
+    nzela_core::runtime::check_message(codec, body, limits, key.map(|k| &k.0))
 }
 
 /// Decoding limits for a source.

@@ -59,6 +59,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_json", |b| {
         b.iter(|| json.decode(black_box(&order), &limits).expect("decode"))
     });
+    // What a source does with each message it takes in: check it and
+    // read its business key, without building the tree.
+    let key = nzela_core::runtime::FieldPath::parse("order.order_id").expect("key");
+    g.bench_function("check_json", |b| {
+        b.iter(|| {
+            nzela_core::runtime::check_message(&json, black_box(&order), &limits, Some(&key))
+                .expect("check")
+        })
+    });
     g.bench_function("map", |b| {
         b.iter(|| mapping.map_value(black_box(&decoded)).expect("map"))
     });

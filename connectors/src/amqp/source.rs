@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::config::{ConnectionSettings, SourceConfig};
 use super::incoming::{Received, incoming};
 use super::{Reconnect, Session, open, short};
-use crate::common::{BusinessKey, limits};
+use crate::common::{BusinessKey, check_message, limits};
 
 /// How often the consumer checks that its connection and channel are
 /// still open, besides noticing it when deliveries stop.
@@ -485,11 +485,8 @@ impl Reader {
     }
 
     fn decode(&self, body: &[u8]) -> Result<Option<String>, String> {
-        let value = self
-            .codec
-            .decode(body, &self.limits)
-            .map_err(|e| e.to_string())?;
-        Ok(self.business_key.as_ref().and_then(|k| k.read(&value)))
+        check_message(&self.codec, &self.limits, self.business_key.as_ref(), body)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -13,7 +13,7 @@ use nzela_core::runtime::{CancellationToken, Incoming, Intake, IntakeError};
 use super::config::SourceConfig;
 use super::glob::Pattern;
 use super::move_unique;
-use crate::common::{BusinessKey, ByteSize, human_size, limits};
+use crate::common::{BusinessKey, ByteSize, check_message, human_size, limits};
 
 /// How long a file that could not be read, or moved out of the inbox, is
 /// left alone before it is tried again.
@@ -348,11 +348,8 @@ impl Reader {
         if body.is_empty() {
             return Ok(FileRead::Refused("empty file".to_owned()));
         }
-        match self.codec.decode(&body, &self.limits) {
-            Ok(value) => {
-                let key = self.business_key.as_ref().and_then(|k| k.read(&value));
-                Ok(FileRead::Message(body, key))
-            }
+        match check_message(&self.codec, &self.limits, self.business_key.as_ref(), &body) {
+            Ok(key) => Ok(FileRead::Message(body, key)),
             Err(e) => Ok(FileRead::Refused(e.to_string())),
         }
     }

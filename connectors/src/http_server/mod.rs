@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-use crate::common::{BusinessKey, ByteSize, limits};
+use crate::common::{BusinessKey, ByteSize, check_message, limits};
 
 /// Answered on every listening address.
 pub(crate) const HEALTH_PATH: &str = "/health";
@@ -298,7 +298,7 @@ async fn decode_body(
     body: Vec<u8>,
 ) -> Result<(Vec<u8>, Option<String>), Refusal> {
     let (body, decoded) = if body.len() <= INLINE_DECODE_MAX {
-        let r = decode_with(
+        let r = check_message(
             &endpoint.codec,
             &endpoint.limits,
             endpoint.business_key.as_ref(),
@@ -310,7 +310,7 @@ async fn decode_body(
         let limits = endpoint.limits;
         let key = endpoint.business_key.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let r = decode_with(&codec, &limits, key.as_ref(), &body);
+            let r = check_message(&codec, &limits, key.as_ref(), &body);
             (body, r)
         });
         task.await.map_err(|e| {
@@ -343,17 +343,6 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
         }
     }
     Ok(buf)
-}
-
-/// Decodes the body; returns its business key.
-fn decode_with(
-    codec: &Codec,
-    limits: &Limits,
-    key: Option<&BusinessKey>,
-    body: &[u8],
-) -> Result<Option<String>, DecodeError> {
-    let value = codec.decode(body, limits)?;
-    Ok(key.and_then(|k| k.read(&value)))
 }
 
 /// `{"error": "invalid JSON at line 1, column 12: ...", "line": 1, "column": 12}`.

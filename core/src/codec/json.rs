@@ -9,6 +9,7 @@
 //! hostile `[[[[...` document cannot overflow the stack whatever the
 //! configured depth limit; it is refused at the first bracket over the limit.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::charset;
@@ -43,6 +44,50 @@ pub fn decode(input: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
         max_depth: limits.max_depth,
     }
     .document()
+}
+
+/// What [`check`] found on the way to a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// The value reached by following the first `keys` names from the
+    /// root through objects (it is not an object, or the names ran out),
+    /// as written in the document.
+    Value { text: &'a str, keys: usize },
+    /// An object on the way has no member of the next name.
+    Missing,
+}
+
+/// Checks a document exactly as [`decode`] would (grammar, UTF-8, nesting
+/// and size limits, duplicate keys) without building its tree, and finds
+/// the value at `path`: member names followed from the root.
+///
+/// Only the answer is cheap: on an error, the document is decoded to say
+/// what and where, with the same message as [`decode`].
+pub fn check<'a>(
+    input: &'a [u8],
+    limits: &Limits,
+    path: Option<&[&str]>,
+) -> Result<Option<Found<'a>>, DecodeError> {
+    let skimmed = (input.len() <= limits.max_bytes)
+        .then(|| charset::utf8(input, Format::Json).ok())
+        .flatten()
+        .and_then(|text| {
+            Parser {
+                text,
+                bytes: text.as_bytes(),
+                pos: 0,
+                max_depth: limits.max_depth,
+            }
+            .skim(path)
+            .ok()
+        });
+    match skimmed {
+        Some(found) => Ok(found),
+        // The error, told as decoding tells it. A document the skim
+        // refused and decoding takes cannot happen; were it to, decoding
+        // has the last word and the value is looked up in the tree.
+        None => decode(input, limits).map(|_| None),
+    }
 }
 
 /// Writes `value` as JSON text (UTF-8).
@@ -296,6 +341,13 @@ impl Parser<'_> {
 
     /// An escape sequence; `pos` is at its backslash.
     fn escape(&mut self, out: &mut String) -> Result<(), DecodeError> {
+        out.push(self.escaped_char()?);
+        Ok(())
+    }
+
+    /// The character an escape sequence stands for; `pos` is at its
+    /// backslash and ends after the sequence.
+    fn escaped_char(&mut self) -> Result<char, DecodeError> {
         let at = self.pos;
         let c = match self.bytes.get(at + 1) {
             Some(b'"') => '"',
@@ -337,8 +389,7 @@ impl Parser<'_> {
                         ),
                     ));
                 };
-                out.push(c);
-                return Ok(());
+                return Ok(c);
             }
             Some(_) => {
                 let found = self.text[at + 1..].chars().next().unwrap_or_default();
@@ -357,9 +408,8 @@ impl Parser<'_> {
                 ));
             }
         };
-        out.push(c);
         self.pos = at + 2;
-        Ok(())
+        Ok(c)
     }
 
     /// The four hexadecimal digits of the `\u` escape at `at`.
@@ -384,18 +434,29 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, word: &'static str, value: Value) -> Result<Value, DecodeError> {
+        self.skip_literal(word)?;
+        Ok(value)
+    }
+
+    fn skip_literal(&mut self, word: &'static str) -> Result<(), DecodeError> {
         for (i, &expected) in word.as_bytes().iter().enumerate() {
             if self.bytes.get(self.pos + i) != Some(&expected) {
                 return Err(self.expected(self.pos + i, &format!("'{word}'")));
             }
         }
         self.pos += word.len();
-        Ok(value)
+        Ok(())
     }
 
     /// A number, checked against the JSON grammar and kept as written.
     fn number(&mut self) -> Result<Number, DecodeError> {
         let start = self.pos;
+        self.skip_number()?;
+        Ok(Number::from_checked(&self.text[start..self.pos]))
+    }
+
+    /// Passes over a number, checked against the JSON grammar.
+    fn skip_number(&mut self) -> Result<(), DecodeError> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -432,7 +493,7 @@ impl Parser<'_> {
             }
             self.digits();
         }
-        Ok(Number::from_checked(&self.text[start..self.pos]))
+        Ok(())
     }
 
     fn digits(&mut self) {
@@ -462,6 +523,218 @@ impl Parser<'_> {
             None => format!("unexpected end of document, expected {what}"),
         };
         self.error(at, message)
+    }
+}
+
+/// A container being passed over by [`Parser::skim`].
+enum Skimmed<'a> {
+    Array,
+    Object {
+        /// Where its keys start in the skim's key stack.
+        keys_from: usize,
+        /// Every key so far, once the object is too large for a scan.
+        seen: Option<HashSet<Cow<'a, str>>>,
+        /// Whether it is on the path being looked for: it looks for the
+        /// name at its own depth.
+        on_path: bool,
+    },
+}
+
+impl<'a> Parser<'a> {
+    /// The grammar of [`Parser::document`], without building values. Keys
+    /// are kept (borrowed from the text unless they hold escapes) only
+    /// while their object is open, to refuse duplicates.
+    fn skim(mut self, path: Option<&[&str]>) -> Result<Option<Found<'a>>, DecodeError> {
+        self.skip_ws();
+        if self.pos >= self.bytes.len() {
+            return Err(self.error(self.pos, "empty document, expected a JSON value"));
+        }
+        let names = path.unwrap_or_default();
+        let mut stack: Vec<Skimmed<'a>> = Vec::new();
+        let mut keys: Vec<Cow<'a, str>> = Vec::new();
+        let mut found: Option<Found<'a>> = None;
+        // The next value is the one at the first `stack.len()` names.
+        let mut on_path = path.is_some();
+        // Depth and start of the value found at the end of the path.
+        let mut capture: Option<(usize, usize)> = None;
+        'value: loop {
+            // Whether this value is an object on the path, to look into.
+            let mut descend = false;
+            if std::mem::take(&mut on_path) {
+                descend = self.peek() == Some(b'{') && stack.len() < names.len();
+                if !descend {
+                    capture = Some((stack.len(), self.pos));
+                }
+            }
+            match self.peek() {
+                Some(open @ (b'[' | b'{')) => {
+                    self.enter(stack.len())?;
+                    self.pos += 1;
+                    self.skip_ws();
+                    let close = if open == b'[' { b']' } else { b'}' };
+                    if self.peek() == Some(close) {
+                        self.pos += 1;
+                        // An empty object on the path has no next name.
+                        if descend {
+                            found = Some(Found::Missing);
+                        }
+                    } else if open == b'[' {
+                        stack.push(Skimmed::Array);
+                        continue 'value;
+                    } else {
+                        let key = self.key("a string key or '}'")?;
+                        on_path = descend && *key == *names[stack.len()];
+                        stack.push(Skimmed::Object {
+                            keys_from: keys.len(),
+                            seen: None,
+                            on_path: descend,
+                        });
+                        keys.push(key);
+                        continue 'value;
+                    }
+                }
+                Some(b'"') => self.skip_string()?,
+                Some(b't') => self.skip_literal("true")?,
+                Some(b'f') => self.skip_literal("false")?,
+                Some(b'n') => self.skip_literal("null")?,
+                Some(b'-' | b'0'..=b'9') => self.skip_number()?,
+                _ => return Err(self.expected(self.pos, "a value")),
+            }
+
+            // A value ended at `pos`; closing brackets may end several
+            // containers in a row.
+            loop {
+                if let Some((depth, start)) = capture
+                    && depth == stack.len()
+                {
+                    found = Some(Found::Value {
+                        text: &self.text[start..self.pos],
+                        keys: depth,
+                    });
+                    capture = None;
+                }
+                self.skip_ws();
+                let depth = stack.len();
+                let Some(frame) = stack.last_mut() else {
+                    if self.pos < self.bytes.len() {
+                        return Err(self.expected(self.pos, "the end of the document"));
+                    }
+                    return Ok(found);
+                };
+                match frame {
+                    Skimmed::Array => match self.peek() {
+                        Some(b',') => {
+                            self.pos += 1;
+                            self.skip_ws();
+                            continue 'value;
+                        }
+                        Some(b']') => self.pos += 1,
+                        _ => {
+                            return Err(
+                                self.expected(self.pos, "',' or ']' after an array element")
+                            );
+                        }
+                    },
+                    Skimmed::Object {
+                        keys_from,
+                        seen,
+                        on_path: looking,
+                    } => match self.peek() {
+                        Some(b',') => {
+                            self.pos += 1;
+                            self.skip_ws();
+                            let key_at = self.pos;
+                            let next = self.key("a string key after ','")?;
+                            let siblings = &keys[*keys_from..];
+                            let duplicate = match seen {
+                                Some(seen) => !seen.insert(next.clone()),
+                                None if siblings.len() >= SCAN_LIMIT => {
+                                    let mut set: HashSet<Cow<'a, str>> =
+                                        siblings.iter().cloned().collect();
+                                    let duplicate = !set.insert(next.clone());
+                                    *seen = Some(set);
+                                    duplicate
+                                }
+                                None => siblings.contains(&next),
+                            };
+                            if duplicate {
+                                return Err(self.error(key_at, "duplicate key in object"));
+                            }
+                            on_path = *looking
+                                && found.is_none()
+                                && capture.is_none()
+                                && *next == *names[depth - 1];
+                            keys.push(next);
+                            continue 'value;
+                        }
+                        Some(b'}') => {
+                            self.pos += 1;
+                            if *looking && found.is_none() && capture.is_none() {
+                                found = Some(Found::Missing);
+                            }
+                            keys.truncate(*keys_from);
+                        }
+                        _ => {
+                            return Err(
+                                self.expected(self.pos, "',' or '}' after an object member")
+                            );
+                        }
+                    },
+                }
+                stack.pop();
+            }
+        }
+    }
+
+    /// A member's key and the ':' after it, borrowed from the text unless
+    /// it holds escapes; leaves `pos` at its value.
+    fn key(&mut self, what: &str) -> Result<Cow<'a, str>, DecodeError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.expected(self.pos, what));
+        }
+        let open = self.pos;
+        self.pos += 1;
+        let run = self.plain_run();
+        let key = if self.peek() == Some(b'"') {
+            self.pos += 1;
+            Cow::Borrowed(&self.text[open + 1..open + 1 + run])
+        } else {
+            self.pos = open;
+            Cow::Owned(self.string()?.into_string())
+        };
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return Err(self.expected(self.pos, "':' after an object key"));
+        }
+        self.pos += 1;
+        self.skip_ws();
+        Ok(key)
+    }
+
+    /// Passes over a string, checking its escapes; `pos` is at its opening
+    /// quote.
+    fn skip_string(&mut self) -> Result<(), DecodeError> {
+        let open = self.pos;
+        self.pos += 1;
+        loop {
+            self.plain_run();
+            match self.peek() {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.escaped_char()?;
+                }
+                Some(_) => {
+                    // A control character: decoding says which.
+                    return Err(self.error(self.pos, "control character in string"));
+                }
+                None => {
+                    return Err(self.error(open, "unexpected end of document in a string"));
+                }
+            }
+        }
     }
 }
 
@@ -1017,6 +1290,224 @@ mod tests {
                     .prop_map(|members| Value::Object(members.into_iter().collect())),
             ]
         })
+    }
+
+    /// Whether the skim alone takes the document (`check` decodes the ones
+    /// it refuses, so its answer alone would hide a skim that is too strict).
+    fn skimmed(text: &[u8], limits: &Limits) -> bool {
+        text.len() <= limits.max_bytes
+            && charset::utf8(text, Format::Json).is_ok_and(|text| {
+                Parser {
+                    text,
+                    bytes: text.as_bytes(),
+                    pos: 0,
+                    max_depth: limits.max_depth,
+                }
+                .skim(Some(&["a", "b"]))
+                .is_ok()
+            })
+    }
+
+    /// `check`'s verdict and `decode`'s, as comparable text.
+    fn verdicts(text: &[u8], limits: &Limits) -> (Result<(), String>, Result<(), String>) {
+        let checked = check(text, limits, None)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let decoded = decode(text, limits).map(|_| ()).map_err(|e| e.to_string());
+        (checked, decoded)
+    }
+
+    #[test]
+    fn check_refuses_what_decode_refuses_with_the_same_error() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"  ",
+            b"{",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"[1,]",
+            b"[1 2]",
+            b"{\"a\":1,\"a\":2}",
+            b"{\"a\":1,\"\\u0061\":2}",
+            b"{\"a\":{\"b\":1,\"b\":1}}",
+            b"\"abc",
+            b"\"a\x01b\"",
+            b"\"\\x\"",
+            b"\"\\uD800\"",
+            b"\"\\uDC00x\"",
+            b"\"\\u12G4\"",
+            b"01",
+            b"-",
+            b"1.",
+            b"1e",
+            b"tru",
+            b"nul",
+            b"[1] 2",
+            b"{\"a\":1}}",
+            b"\xff",
+            b"[\"\xc3\"]",
+        ];
+        for text in bad {
+            let (checked, decoded) = verdicts(text, &Limits::default());
+            assert!(
+                decoded.is_err(),
+                "{:?} decodes",
+                String::from_utf8_lossy(text)
+            );
+            assert!(!skimmed(text, &Limits::default()));
+            assert_eq!(checked, decoded, "{:?}", String::from_utf8_lossy(text));
+        }
+        // Limits: depth (empty containers count) and size.
+        let deep = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        for text in [&b"[[[1]]]"[..], b"[[[[]]]]", b"{\"a\":{\"b\":{\"c\":{}}}}"] {
+            let (checked, decoded) = verdicts(text, &deep);
+            assert_eq!(checked, decoded);
+        }
+        assert!(check(b"[[[1]]]", &deep, None).is_ok());
+        assert!(check(b"[[[[]]]]", &deep, None).is_err());
+        let small = Limits {
+            max_bytes: 4,
+            ..Limits::default()
+        };
+        assert_eq!(verdicts(b"[1,2]", &small).0, verdicts(b"[1,2]", &small).1);
+        assert!(check(b"[1,2]", &small, None).is_err());
+    }
+
+    #[test]
+    fn check_refuses_duplicates_in_large_objects() {
+        let members: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        let clean = format!("{{{}}}", members.join(","));
+        assert!(check(clean.as_bytes(), &Limits::default(), None).is_ok());
+        // A duplicate well past the scan limit, written with an escape.
+        let dup = format!("{{{},\"\\u006b7\":0}}", members.join(","));
+        let (checked, decoded) = verdicts(dup.as_bytes(), &Limits::default());
+        assert!(checked.is_err());
+        assert_eq!(checked, decoded);
+        // The same key in two objects is no duplicate.
+        assert!(check(br#"[{"a":1},{"a":2}]"#, &Limits::default(), None).is_ok());
+    }
+
+    #[test]
+    fn check_finds_the_value_on_a_path() {
+        let limits = Limits::default();
+        let doc = br#" { "x": {"order_id": "no"}, "order" : { "items": [1], "order_id" : "GB-7" , "n": 2 } } "#;
+        let at = |path: &[&str]| check(doc, &limits, Some(path)).unwrap();
+        assert_eq!(
+            at(&["order", "order_id"]),
+            Some(Found::Value {
+                text: "\"GB-7\"",
+                keys: 2
+            })
+        );
+        assert_eq!(at(&["order", "missing"]), Some(Found::Missing));
+        assert_eq!(at(&["nothing", "order_id"]), Some(Found::Missing));
+        // A path that meets a list stops there: the rest is read from it.
+        assert_eq!(
+            at(&["order", "items", "sku"]),
+            Some(Found::Value {
+                text: "[1]",
+                keys: 2
+            })
+        );
+        assert_eq!(
+            at(&["order"]),
+            Some(Found::Value {
+                text: r#"{ "items": [1], "order_id" : "GB-7" , "n": 2 }"#,
+                keys: 1
+            })
+        );
+        assert_eq!(
+            at(&[]),
+            Some(Found::Value {
+                text: std::str::from_utf8(&doc[1..doc.len() - 1]).unwrap(),
+                keys: 0
+            })
+        );
+        assert_eq!(
+            check(br#"[{"order": 1}]"#, &limits, Some(&["order"])).unwrap(),
+            Some(Found::Value {
+                text: r#"[{"order": 1}]"#,
+                keys: 0
+            })
+        );
+        assert_eq!(
+            check(br#"{"order": {}}"#, &limits, Some(&["order", "id"])).unwrap(),
+            Some(Found::Missing)
+        );
+        // Keys written with escapes are compared by what they stand for.
+        assert_eq!(
+            check(
+                br#"{"\u006frder": {"id": 5}}"#,
+                &limits,
+                Some(&["order", "id"])
+            )
+            .unwrap(),
+            Some(Found::Value { text: "5", keys: 2 })
+        );
+    }
+
+    /// A JSON-like text: a valid document, sometimes damaged by a byte
+    /// written over, inserted or removed.
+    fn damaged_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("-0.5e+3".to_owned()),
+            Just("12".to_owned()),
+            Just(r#""a\"b\u00e9\uD83D\uDE00""#.to_owned()),
+            Just(r#""é""#.to_owned()),
+        ];
+        let doc = leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec(
+                    (prop_oneof![Just("a"), Just("b"), Just("\\u0061")], inner),
+                    0..4
+                )
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
+                    format!("{{ {} }}", members.join(","))
+                }),
+            ]
+        });
+        let damage = prop_oneof![
+            Just(None),
+            (any::<prop::sample::Index>(), any::<u8>(), 0..3u8).prop_map(Some),
+        ];
+        (doc, damage).prop_map(|(doc, damage)| {
+            let mut bytes = doc.into_bytes();
+            if let Some((at, byte, how)) = damage {
+                let i = at.index(bytes.len() + 1);
+                let set = b"{}[],:\"\\ 0e-.nu\x01\xc3";
+                let byte = set[byte as usize % set.len()];
+                match how {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn check_agrees_with_decode(text in damaged_strategy(), depth in 1usize..6) {
+            let limits = Limits { max_depth: depth, ..Limits::default() };
+            let (checked, decoded) = verdicts(&text, &limits);
+            prop_assert_eq!(skimmed(&text, &limits), decoded.is_ok());
+            prop_assert_eq!(checked, decoded);
+        }
     }
 
     proptest! {

@@ -195,6 +195,22 @@ impl Path {
         resolve_first(start, &self.steps)
     }
 
+    /// As [`Path::resolve`], from the value the first `skip` steps lead to.
+    pub fn resolve_rest<'v>(&self, skip: usize, start: &'v Value) -> Option<&'v Value> {
+        resolve_first(start, self.steps.get(skip..)?)
+    }
+
+    /// The member names the path starts with, up to its first index.
+    pub fn leading_keys(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .map_while(|step| match step {
+                Step::Key(k) => Some(k.as_str()),
+                Step::Index(_) | Step::All => None,
+            })
+            .collect()
+    }
+
     /// Every value the path points to, from `start`, lists flattened: the
     /// items of a list at the end of the path are returned one by one.
     pub fn resolve_all<'v>(&self, start: &'v Value, out: &mut Vec<&'v Value>) {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
 
+use crate::codec::{Codec, DecodeError, Limits, json};
 use crate::journal::{Journal, JournalError, NewMessage, StoredMessage};
 use crate::mapping::path::Path;
 use crate::value::Value;
@@ -230,7 +231,12 @@ impl FieldPath {
 
     /// The text of the value at this path, when it is a single value.
     pub fn text(&self, value: &Value) -> Option<String> {
-        let v = self.0.resolve(value)?;
+        self.text_from(0, value)
+    }
+
+    /// The text at this path, from the value its first `skip` steps lead to.
+    fn text_from(&self, skip: usize, value: &Value) -> Option<String> {
+        let v = self.0.resolve_rest(skip, value)?;
         let t = v.scalar_text()?;
         (!t.is_empty()).then(|| t.into_owned())
     }
@@ -244,6 +250,37 @@ impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.text)
     }
+}
+
+/// Checks that a message decodes in `codec`, as [`Codec::decode`] would
+/// (the same errors), and reads the text at `key` ([`FieldPath::text`]).
+///
+/// What a source does with each message it takes in. A JSON document is
+/// checked without building its tree: only the value on the key's path is
+/// decoded, the rest is decoded once, when the message is mapped.
+pub fn check_message(
+    codec: &Codec,
+    input: &[u8],
+    limits: &Limits,
+    key: Option<&FieldPath>,
+) -> Result<Option<String>, DecodeError> {
+    if let Codec::Json(_) = codec {
+        let Some(key) = key else {
+            return json::check(input, limits, None).map(|_| None);
+        };
+        match json::check(input, limits, Some(&key.0.leading_keys()))? {
+            Some(json::Found::Value { text, keys }) => {
+                if let Ok(value) = json::decode(text.as_bytes(), limits) {
+                    return Ok(key.text_from(keys, &value));
+                }
+            }
+            Some(json::Found::Missing) => return Ok(None),
+            // The check has no answer: decode the whole document.
+            None => {}
+        }
+    }
+    let value = codec.decode(input, limits)?;
+    Ok(key.and_then(|k| k.text(&value)))
 }
 
 /// Exponential backoff with full jitter: attempt 1 waits about `initial`,
@@ -308,5 +345,96 @@ mod tests {
         assert_eq!(FieldPath::parse("order.e").unwrap().text(&v), None);
         assert_eq!(FieldPath::parse("order").unwrap().text(&v), None);
         assert!(FieldPath::parse("a..b").is_err());
+    }
+
+    #[test]
+    fn a_message_is_checked_and_its_key_read_as_decoding_would() {
+        let order = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/samples/marketplace/order-paid.json"
+        ))
+        .unwrap();
+        let limits = Limits::default();
+        let json = Codec::default_for(crate::codec::Format::Json);
+        let key = FieldPath::parse("order.order_id").unwrap();
+        let full = key.text(&json.decode(&order, &limits).unwrap());
+        assert!(full.is_some());
+        assert_eq!(
+            check_message(&json, &order, &limits, Some(&key)).unwrap(),
+            full
+        );
+        assert_eq!(check_message(&json, &order, &limits, None).unwrap(), None);
+        // Errors are decoding's own, line and column included.
+        let bad = br#"{"order": {"order_id": "A", "order_id": "B"}}"#;
+        assert_eq!(
+            check_message(&json, bad, &limits, Some(&key))
+                .unwrap_err()
+                .to_string(),
+            json.decode(bad, &limits).unwrap_err().to_string()
+        );
+        // Other formats are decoded.
+        let xml = Codec::default_for(crate::codec::Format::Xml);
+        let doc = b"<order><order_id>X-1</order_id></order>";
+        assert_eq!(
+            check_message(
+                &xml,
+                doc,
+                &limits,
+                Some(&FieldPath::parse("order.order_id").unwrap())
+            )
+            .unwrap()
+            .as_deref(),
+            Some("X-1")
+        );
+    }
+
+    fn document_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("false".to_owned()),
+            Just("7.50".to_owned()),
+            Just(r#""""#.to_owned()),
+            Just(r#""k\u00e9""#.to_owned()),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec(
+                    (prop_oneof![Just("a"), Just("b"), Just("c")], inner),
+                    0..3
+                )
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .iter()
+                        .map(|(k, v)| format!(r#""{k}":{v}"#))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        #[test]
+        fn checked_keys_are_the_decoded_ones(
+            doc in document_strategy(),
+            path in proptest::sample::select(vec![
+                "a", "a.b", "a.b.c", "b.a", "a[0]", "a[].b", "a.b[-1].c", "$.c.a", "c[1]",
+            ]),
+        ) {
+            let limits = Limits::default();
+            let json = Codec::default_for(crate::codec::Format::Json);
+            let key = FieldPath::parse(path).unwrap();
+            let checked = check_message(&json, doc.as_bytes(), &limits, Some(&key))
+                .map_err(|e| e.to_string());
+            let decoded = json
+                .decode(doc.as_bytes(), &limits)
+                .map(|v| key.text(&v))
+                .map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(checked, decoded);
+        }
     }
 }
