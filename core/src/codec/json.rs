@@ -37,13 +37,7 @@ pub fn decode(input: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
         ));
     }
     let text = charset::utf8(input, Format::Json)?;
-    Parser {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-        max_depth: limits.max_depth,
-    }
-    .document()
+    Parser::new(text, limits).document()
 }
 
 /// What [`check`] found on the way to a value.
@@ -71,16 +65,7 @@ pub fn check<'a>(
     let skimmed = (input.len() <= limits.max_bytes)
         .then(|| charset::utf8(input, Format::Json).ok())
         .flatten()
-        .and_then(|text| {
-            Parser {
-                text,
-                bytes: text.as_bytes(),
-                pos: 0,
-                max_depth: limits.max_depth,
-            }
-            .skim(path)
-            .ok()
-        });
+        .and_then(|text| Parser::new(text, limits).skim(path).ok());
     match skimmed {
         Some(found) => Ok(found),
         // The error, told as decoding tells it. A document the skim
@@ -120,6 +105,17 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str, limits: &Limits) -> Parser<'a> {
+        Parser {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            max_depth: limits.max_depth,
+        }
+    }
 }
 
 impl Parser<'_> {
@@ -1296,16 +1292,8 @@ mod tests {
     /// it refuses, so its answer alone would hide a skim that is too strict).
     fn skimmed(text: &[u8], limits: &Limits) -> bool {
         text.len() <= limits.max_bytes
-            && charset::utf8(text, Format::Json).is_ok_and(|text| {
-                Parser {
-                    text,
-                    bytes: text.as_bytes(),
-                    pos: 0,
-                    max_depth: limits.max_depth,
-                }
-                .skim(Some(&["a", "b"]))
-                .is_ok()
-            })
+            && charset::utf8(text, Format::Json)
+                .is_ok_and(|text| Parser::new(text, limits).skim(Some(&["a", "b"])).is_ok())
     }
 
     /// `check`'s verdict and `decode`'s, as comparable text.

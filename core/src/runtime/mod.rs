@@ -268,19 +268,34 @@ pub fn check_message(
         let Some(key) = key else {
             return json::check(input, limits, None).map(|_| None);
         };
-        match json::check(input, limits, Some(&key.0.leading_keys()))? {
-            Some(json::Found::Value { text, keys }) => {
-                if let Ok(value) = json::decode(text.as_bytes(), limits) {
-                    return Ok(key.text_from(keys, &value));
-                }
-            }
-            Some(json::Found::Missing) => return Ok(None),
-            // The check has no answer: decode the whole document.
-            None => {}
+        if let Some(read) = check_json_key(input, limits, key)? {
+            return Ok(read);
         }
     }
     let value = codec.decode(input, limits)?;
     Ok(key.and_then(|k| k.text(&value)))
+}
+
+/// The key of a JSON message that checks, read without decoding the
+/// rest; `None` when the whole document is better decoded: a path that
+/// starts with an index reads into all of it.
+fn check_json_key(
+    input: &[u8],
+    limits: &Limits,
+    key: &FieldPath,
+) -> Result<Option<Option<String>>, DecodeError> {
+    let names = key.0.leading_keys();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    Ok(match json::check(input, limits, Some(&names))? {
+        Some(json::Found::Value { text, keys }) => json::decode(text.as_bytes(), limits)
+            .ok()
+            .map(|value| key.text_from(keys, &value)),
+        Some(json::Found::Missing) => Some(None),
+        // The check has no answer: decode the whole document.
+        None => None,
+    })
 }
 
 /// Exponential backoff with full jitter: attempt 1 waits about `initial`,
