@@ -6,8 +6,10 @@
 //! down holds back nothing else.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,6 +18,7 @@ use tokio::task::JoinSet;
 use super::router::Wakeup;
 use super::{
     CancellationToken, Destination, Incoming, Intake, Outbound, SendOutcome, backoff, now_millis,
+    panic_message,
 };
 use crate::journal::{Journal, JournalError, Leased, Outcome};
 
@@ -366,30 +369,29 @@ impl Dispatcher {
             correlation_id: d.correlation_id,
             received_at: d.received_at,
         };
-        // The attempt runs in a task of its own: a connector that panics
-        // fails this attempt (retried like any transient failure) instead of
-        // stranding the delivery in its lease.
-        let out = Arc::new(out);
-        let task = tokio::spawn({
-            let destination = self.destination.clone();
-            let out = out.clone();
-            async move { destination.send(&out).await }
+        // A connector that panics fails this attempt (retried like any
+        // transient failure) instead of stranding the delivery in its lease;
+        // one that does not answer in time is dropped, which cancels it.
+        let mut send = self.destination.send(&out);
+        let caught = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| send.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+                Err(panic) => Poll::Ready(Err(panic_message(panic.as_ref()))),
+            }
         });
-        let abort = task.abort_handle();
-        let result = match tokio::time::timeout(s.attempt_timeout, task).await {
+        let result = match tokio::time::timeout(s.attempt_timeout, caught).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => SendOutcome::Transient {
-                error: format!("the {} connector failed unexpectedly: {e}", s.name),
+            Ok(Err(why)) => SendOutcome::Transient {
+                error: format!("the {} connector failed unexpectedly: {why}", s.name),
                 retry_after: None,
             },
-            Err(_) => {
-                abort.abort();
-                SendOutcome::Transient {
-                    error: format!("no answer within {:?}", s.attempt_timeout),
-                    retry_after: None,
-                }
-            }
+            Err(_) => SendOutcome::Transient {
+                error: format!("no answer within {:?}", s.attempt_timeout),
+                retry_after: None,
+            },
         };
+        drop(send);
         drop(slot);
         let (message_id, route, destination, delivery_id, attempt) = (
             &out.message_id,

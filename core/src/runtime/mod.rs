@@ -298,6 +298,15 @@ fn check_json_key(
     })
 }
 
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no detail".to_owned())
+}
+
 /// Exponential backoff with full jitter: attempt 1 waits about `initial`,
 /// each next attempt up to twice as long, never more than `max`. The random
 /// part spreads retries of many deliveries that failed together.

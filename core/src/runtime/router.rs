@@ -430,11 +430,7 @@ fn route_guarded(routes: &[Route], m: &StoredMessage) -> Routing {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route_one(routes, m))) {
         Ok(r) => r,
         Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no detail".to_owned());
+            let why = super::panic_message(panic.as_ref());
             let error = format!("the mapping failed unexpectedly (internal error: {why})");
             let mut deliveries = Vec::new();
             let mut matched = Vec::new();
