@@ -13,6 +13,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nzela_core::journal::ListFilter;
 
+/// mimalloc instead of the C library's allocator, for Rust's allocations
+/// and, through its `override` feature, for the C code's (SQLite copies
+/// every body and document it writes or reads): each message is a few
+/// kilobytes allocated on one thread and freed on another, where glibc's
+/// arenas spent a fifth of the daemon's CPU. It keeps more memory in reserve
+/// (`MIMALLOC_PURGE_DELAY=0` gives it back sooner, at some CPU): see
+/// docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The configuration `nzela run`, `check` and `messages` use by default.
 const DEFAULT_CONFIG: &str = "config/nzela.toml";
 
