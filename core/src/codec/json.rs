@@ -258,13 +258,19 @@ impl Parser<'_> {
             return Err(self.expected(self.pos, what));
         }
         let key = self.string()?;
+        self.colon()?;
+        Ok(key)
+    }
+
+    /// The ':' after a member's key, and the whitespace around it.
+    fn colon(&mut self) -> Result<(), DecodeError> {
         self.skip_ws();
         if self.peek() != Some(b':') {
             return Err(self.expected(self.pos, "':' after an object key"));
         }
         self.pos += 1;
         self.skip_ws();
-        Ok(key)
+        Ok(())
     }
 
     /// A string; `pos` is at its opening quote.
@@ -698,12 +704,7 @@ impl<'a> Parser<'a> {
             self.pos = open;
             Cow::Owned(self.string()?.into_string())
         };
-        self.skip_ws();
-        if self.peek() != Some(b':') {
-            return Err(self.expected(self.pos, "':' after an object key"));
-        }
-        self.pos += 1;
-        self.skip_ws();
+        self.colon()?;
         Ok(key)
     }
 
