@@ -862,10 +862,41 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// JSON texts for property tests.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+
+    /// Documents of `leaves` nested in lists and objects whose keys are
+    /// taken from `keys` (so some repeat), with spaces around the colons.
+    pub(crate) fn texts(
+        leaves: &'static [&'static str],
+        keys: &'static [&'static str],
+    ) -> impl Strategy<Value = String> {
+        let leaf = proptest::sample::select(leaves).prop_map(str::to_owned);
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((proptest::sample::select(keys), inner), 0..4).prop_map(
+                    |members| {
+                        let members: Vec<String> = members
+                            .iter()
+                            .map(|(k, v)| format!("\"{k}\" : {v}"))
+                            .collect();
+                        format!("{{ {} }}", members.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
+    use super::strategies::texts;
     use super::*;
     use crate::codec::Position;
 
@@ -1441,31 +1472,17 @@ mod tests {
     /// A JSON-like text: a valid document, sometimes damaged by a byte
     /// written over, inserted or removed.
     fn damaged_strategy() -> impl Strategy<Value = Vec<u8>> {
-        let leaf = prop_oneof![
-            Just("null".to_owned()),
-            Just("true".to_owned()),
-            Just("-0.5e+3".to_owned()),
-            Just("12".to_owned()),
-            Just(r#""a\"b\u00e9\uD83D\uDE00""#.to_owned()),
-            Just(r#""é""#.to_owned()),
-        ];
-        let doc = leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|items| format!("[{}]", items.join(","))),
-                proptest::collection::vec(
-                    (prop_oneof![Just("a"), Just("b"), Just("\\u0061")], inner),
-                    0..4
-                )
-                .prop_map(|members| {
-                    let members: Vec<String> = members
-                        .iter()
-                        .map(|(k, v)| format!("\"{k}\" : {v}"))
-                        .collect();
-                    format!("{{ {} }}", members.join(","))
-                }),
-            ]
-        });
+        let doc = texts(
+            &[
+                "null",
+                "true",
+                "-0.5e+3",
+                "12",
+                r#""a\"b\u00e9\uD83D\uDE00""#,
+                r#""é""#,
+            ],
+            &["a", "b", "\\u0061"],
+        );
         let damage = prop_oneof![
             Just(None),
             (any::<prop::sample::Index>(), any::<u8>(), 0..3u8).prop_map(Some),

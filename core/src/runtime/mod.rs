@@ -413,31 +413,10 @@ mod tests {
     }
 
     fn document_strategy() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        let leaf = prop_oneof![
-            Just("null".to_owned()),
-            Just("false".to_owned()),
-            Just("7.50".to_owned()),
-            Just(r#""""#.to_owned()),
-            Just(r#""k\u00e9""#.to_owned()),
-        ];
-        leaf.prop_recursive(4, 24, 3, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..3)
-                    .prop_map(|items| format!("[{}]", items.join(","))),
-                proptest::collection::vec(
-                    (prop_oneof![Just("a"), Just("b"), Just("c")], inner),
-                    0..3
-                )
-                .prop_map(|members| {
-                    let members: Vec<String> = members
-                        .iter()
-                        .map(|(k, v)| format!(r#""{k}":{v}"#))
-                        .collect();
-                    format!("{{{}}}", members.join(","))
-                }),
-            ]
-        })
+        crate::codec::json::strategies::texts(
+            &["null", "false", "7.50", r#""""#, r#""k\u00e9""#],
+            &["a", "b", "c"],
+        )
     }
 
     proptest::proptest! {
