@@ -1408,3 +1408,47 @@ fn one_daemon_per_journal_and_the_lock_never_touches_the_journal() {
     assert_eq!(shown["id"], id.as_str(), "{shown}");
     assert!(hub.path("data/orders.lock.lock").exists());
 }
+
+// ---------------------------------------------------------------------------
+// 12. Under a service manager: systemd, logs, pipes
+
+/// One endpoint feeding one outbox, with `shutdown_timeout` and `listen`.
+fn small_hub(hub: &Hub, shutdown_timeout: &str, listen: &str) -> PathBuf {
+    let text = [
+        top(hub, shutdown_timeout),
+        http_source("orders", ORDERS_PATH, "").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\""),
+        ),
+        file_outbox("customs", &hub.path("out"), "{{ message_id }}.xml"),
+        route("to_customs", "[\"orders\"]", ASYCUDA_MAPPING, "\"customs\""),
+    ]
+    .concat();
+    hub.config("nzela.toml", &text)
+}
+
+#[test]
+fn a_half_sent_request_does_not_hold_the_stop() {
+    let hub = Hub::new();
+    let config = small_hub(&hub, "10s", "127.0.0.1:0");
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let mut half = std::net::TcpStream::connect(d.addr()).unwrap();
+    half.write_all(b"POST /in/marketplace/orders HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    // The head is with the server before the signal.
+    assert_eq!(
+        request(d.addr(), "GET", "/health", &[], Body::None)
+            .unwrap()
+            .status,
+        200
+    );
+    let (status, took) = d.signal_and_wait("-TERM", Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    let lines = d.stderr();
+    assert!(
+        !lines.iter().any(|l| l.contains("did not stop in time")),
+        "{}",
+        d.dump()
+    );
+}

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use crate::common::{BusinessKey, ByteSize, SourceFormat};
+use crate::common::{BusinessKey, ByteSize, DurationValue, SourceFormat};
 use nzela_core::codec::Format;
 
 /// One HTTP endpoint: messages `POST`ed to `path` on `listen`.
@@ -42,9 +42,22 @@ pub struct Config {
     /// deeper is refused with 400. Default 64.
     #[serde(default = "default_max_depth")]
     pub max_depth: usize,
+    /// Longest wait for a request's line and headers, from the moment the
+    /// server is ready to read them (a new connection, or a keep-alive
+    /// connection between requests): a client that sends less within it is
+    /// disconnected. Default `"30s"`. Endpoints that share an address share
+    /// one server: the shortest of their settings applies to all of them.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "header_read_timeout"
+    )]
+    pub header_read_timeout: DurationValue,
 }
 
 impl Config {
+    /// `header_read_timeout` when it is not set.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: DurationValue = DurationValue::secs(30);
+
     /// The media types this endpoint accepts, lower-case.
     pub fn accepted_content_types(&self) -> Vec<String> {
         match &self.content_types {
@@ -71,6 +84,20 @@ fn default_max_body_size() -> ByteSize {
 
 fn default_max_depth() -> usize {
     64
+}
+
+fn default_header_read_timeout() -> DurationValue {
+    Config::DEFAULT_HEADER_READ_TIMEOUT
+}
+
+fn header_read_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<DurationValue, D::Error> {
+    let v = DurationValue::deserialize(d)?;
+    if v.get().is_zero() {
+        return Err(de::Error::custom(
+            "`header_read_timeout` must be longer than 0 (e.g. \"30s\")",
+        ));
+    }
+    Ok(v)
 }
 
 fn listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -17,6 +17,14 @@
 //!    the sender must send again.
 //!
 //! Every error answer is a JSON object whose `error` says what was wrong.
+//!
+//! Connections are HTTP/1.1, kept alive between requests. A client gets
+//! `header_read_timeout` to send each request's line and headers (on a new
+//! connection, or on a kept-alive one between requests), then is
+//! disconnected: a connection that sends half a request holds neither a
+//! task nor the shutdown. On shutdown, connections without a request in
+//! flight are closed at once; the others finish their request, get their
+//! answer and are closed.
 
 mod config;
 #[cfg(test)]
@@ -24,8 +32,9 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -33,10 +42,15 @@ use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming as IncomingBody;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use nzela_core::codec::{Codec, DecodeError, Limits, Position};
 use nzela_core::runtime::{CancellationToken, Incoming, Intake, IntakeError};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 pub use config::Config;
 
@@ -72,11 +86,16 @@ const INLINE_DECODE_MAX: usize = 4 * 1024;
 /// How long a client is asked to wait before sending again after a 503.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// The pause after a failed `accept` that is not about one connection
+/// (out of file descriptors, ...), so that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
 /// The server of one listening address and its endpoints.
 pub struct HttpServer {
     listener: TcpListener,
     address: SocketAddr,
     endpoints: HashMap<String, Endpoint>,
+    header_read_timeout: Duration,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -111,6 +130,7 @@ impl HttpServer {
         endpoints: Vec<(String, Config)>,
     ) -> Result<HttpServer, String> {
         let mut by_path: HashMap<String, Endpoint> = HashMap::new();
+        let mut header_read_timeout: Option<Duration> = None;
         for (source, config) in endpoints {
             if let Some(other) = by_path.get(&config.path) {
                 return Err(format!(
@@ -118,6 +138,8 @@ impl HttpServer {
                     other.source, config.path
                 ));
             }
+            let timeout = config.header_read_timeout.get();
+            header_read_timeout = Some(header_read_timeout.map_or(timeout, |t| t.min(timeout)));
             let endpoint = Endpoint {
                 codec: config.format.codec(),
                 limits: limits(config.max_body_size, config.max_depth),
@@ -139,6 +161,8 @@ impl HttpServer {
             listener,
             address,
             endpoints: by_path,
+            header_read_timeout: header_read_timeout
+                .unwrap_or_else(|| Config::DEFAULT_HEADER_READ_TIMEOUT.get()),
         })
     }
 
@@ -147,8 +171,12 @@ impl HttpServer {
         self.address
     }
 
-    /// Serves until `shutdown`; then stops accepting connections, finishes
-    /// the requests in flight, closes idle connections and returns.
+    /// Serves until `shutdown`; then stops accepting connections, closes
+    /// those without a request in flight, lets the others finish their
+    /// request and returns.
+    ///
+    /// Every connection is a task of the returned future: dropping it (a
+    /// shutdown that took too long) closes them all.
     pub async fn run(self, intake: Intake, shutdown: CancellationToken) {
         let address = self.address;
         let shared = Arc::new(Shared {
@@ -158,14 +186,105 @@ impl HttpServer {
         // One fallback rather than axum routes: configured paths are
         // literal, and axum would read `{...}` in them as captures.
         let app = axum::Router::new().fallback(handle).with_state(shared);
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(%address, error = %e, "the HTTP server failed");
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let connection = serve_connection(http.clone(), stream, app.clone(), shutdown.clone());
+                        connections.spawn(connection);
+                    }
+                    Err(e) if is_connection_error(&e) => {}
+                    Err(e) => {
+                        tracing::error!(%address, error = %e, "cannot accept connections");
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                        }
+                    }
+                },
+                // Reaps the connections that have ended.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
         }
+        drop(self.listener);
+        while connections.join_next().await.is_some() {}
         tracing::info!(%address, "stopped listening");
     }
+}
+
+/// Serves one connection until it ends or, on `shutdown`, until its request
+/// in flight (if any) has been answered.
+async fn serve_connection(
+    http: http1::Builder,
+    stream: TcpStream,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let in_flight = in_flight.clone();
+        let app = TowerToHyperService::new(app);
+        hyper::service::service_fn(move |request: hyper::Request<IncomingBody>| {
+            let guard = InFlight::enter(&in_flight);
+            let answer = hyper::service::Service::call(&app, request);
+            async move {
+                let answer = answer.await;
+                drop(guard);
+                answer
+            }
+        })
+    };
+    let mut connection = pin!(http.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(e) = ended {
+                // A client that went away, sent no valid head, or took
+                // longer than `header_read_timeout` to send it.
+                tracing::debug!(error = %e, "connection closed");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => {}
+    }
+    // Between requests, or part-way through a request's head: nothing was
+    // taken from the client, nothing is owed to it.
+    if in_flight.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// Counts a request from the moment its head is read until its answer is
+/// ready.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An `accept` error about one connection (the client gave up before it
+/// was taken), after which the listener goes on.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {

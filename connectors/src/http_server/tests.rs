@@ -573,12 +573,115 @@ async fn shutdown_stops_the_server() {
     assert!(TcpStream::connect(hub.addr).await.is_err());
 }
 
+/// Reads until the server closes the connection; panics if it is still
+/// open after `deadline`. Returns what arrived.
+async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(deadline, stream.read_to_end(&mut buf)).await {
+        Ok(_) => buf,
+        Err(_) => panic!(
+            "the server did not close the connection within {deadline:?}; it sent {:?}",
+            String::from_utf8_lossy(&buf)
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_inside_its_head_is_closed_after_header_read_timeout() {
+    let timeout = Duration::from_millis(500);
+    let config = endpoint(json!({
+        "listen": "127.0.0.1:0", "path": "/in/orders", "format": "json",
+        "header_read_timeout": "500ms",
+    }));
+    let hub = start(vec![("orders", config)]).await;
+    let opened = Instant::now();
+    let mut slow = TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(b"POST /in/orders HTTP/1.1\r\nHost: t\r\nContent-Ty")
+        .await
+        .unwrap();
+    // Other clients are served while it hangs.
+    for _ in 0..3 {
+        assert_eq!(post_json(hub.addr, "{}", &[]).await.status, 202);
+    }
+    let sent = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    let took = opened.elapsed();
+    assert!(
+        took >= timeout,
+        "closed after {took:?}, before the timeout of {timeout:?}"
+    );
+    assert!(
+        sent.is_empty(),
+        "nothing was owed to it: {:?}",
+        String::from_utf8_lossy(&sent)
+    );
+    // A connection kept alive after its request gets the same time for
+    // the next head.
+    let mut kept = TcpStream::connect(hub.addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = Instant::now();
+    let sent = read_until_closed(&mut kept, Duration::from_secs(10)).await;
+    assert!(String::from_utf8_lossy(&sent).starts_with("HTTP/1.1 200"));
+    assert!(answered.elapsed() >= timeout - Duration::from_millis(50));
+    assert_eq!(hub.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_and_half_sent_connections_and_answers_the_request_in_flight() {
+    // The default timeout (30 s): the shutdown must not wait for it.
+    let mut hub = start(vec![("orders", orders())]).await;
+    let mut half = TcpStream::connect(hub.addr).await.unwrap();
+    half.write_all(b"POST /in/orders HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(hub.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A request whose body is asked for (100 Continue) is in flight.
+    let body = br#"{"order": 1}"#;
+    let mut busy = TcpStream::connect(hub.addr).await.unwrap();
+    let head = format!(
+        "POST /in/orders HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    let n = busy.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"));
+
+    let stopping = Instant::now();
+    hub.shutdown.cancel();
+    for (name, stream) in [("idle", &mut idle), ("half-sent", &mut half)] {
+        let rest = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(
+            rest.is_empty(),
+            "{name}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    busy.write_all(body).await.unwrap();
+    let answer = parse(&read_until_closed(&mut busy, Duration::from_secs(10)).await);
+    assert_eq!(answer.status, 202, "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"));
+    tokio::time::timeout(Duration::from_secs(5), &mut hub.task)
+        .await
+        .expect("the server did not stop")
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    assert_eq!(hub.messages().len(), 1);
+}
+
 #[test]
 fn endpoint_settings_are_checked_when_read() {
     let c = orders();
     assert_eq!(c.max_body_size, crate::common::ByteSize::mib(10));
     assert_eq!(c.max_depth, 64);
     assert_eq!(c.accepted_content_types(), ["application/json"]);
+    assert_eq!(c.header_read_timeout.get(), Duration::from_secs(30));
     let bad = |v: Json| serde_json::from_value::<Config>(v).unwrap_err().to_string();
     let e = bad(json!({"listen": "127.0.0.1:0", "path": "/x", "format": "json", "max_body": 1}));
     assert!(e.contains("unknown field `max_body`"), "{e}");
@@ -598,6 +701,10 @@ fn endpoint_settings_are_checked_when_read() {
         json!({"listen": "127.0.0.1:0", "path": "/x", "format": "json", "content_types": ["json"]}),
     );
     assert!(e.contains("not a media type"), "{e}");
+    let e = bad(
+        json!({"listen": "127.0.0.1:0", "path": "/x", "format": "json", "header_read_timeout": "0s"}),
+    );
+    assert!(e.contains("longer than 0"), "{e}");
     let c: Config = serde_json::from_value(json!({
         "listen": "127.0.0.1:0", "path": "/x", "format": "json", "content_types": ["Application/Vnd.Partner+JSON"]
     }))
