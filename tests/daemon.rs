@@ -1452,3 +1452,63 @@ fn a_half_sent_request_does_not_hold_the_stop() {
         d.dump()
     );
 }
+
+/// Runs `nzela ARGS` in `dir` with its standard output a pipe whose reader
+/// has already gone, as `nzela ... | head -1` once head has its line.
+fn into_closed_pipe(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    nzela_command(dir, &[])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("cannot run nzela")
+}
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly_with_success() {
+    let hub = Hub::new();
+    let config = small_hub(&hub, "5s", "127.0.0.1:0");
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    for n in 0..3 {
+        accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order(&format!("PIPE-{n}"))).unwrap());
+    }
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+
+    let config = config.to_str().unwrap();
+    let sample = repo_file(SAMPLE_ORDER);
+    let asycuda = mapping(ASYCUDA_MAPPING);
+    let mappings = root().join("mappings");
+    let commands: [&[&str]; 8] = [
+        &["messages", "list", "--config", config],
+        &["messages", "list", "--json", "--config", config],
+        &["messages", "show", "PIPE-1", "--config", config],
+        &["messages", "show", "PIPE-1", "--body", "--config", config],
+        &["messages", "show", "PIPE-1", "--json", "--config", config],
+        &["check", "--config", config],
+        &[
+            "map",
+            "--mapping",
+            asycuda.to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ],
+        &["test", mappings.to_str().unwrap()],
+    ];
+    for args in commands {
+        let out = into_closed_pipe(hub.dir(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "nzela {args:?} exited with {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.is_empty(),
+            "nzela {args:?} wrote on stderr:\n{stderr}"
+        );
+    }
+}

@@ -1,10 +1,11 @@
 //! `nzela check [--config FILE]`: every check `nzela run` makes, without
 //! starting anything.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::EXIT_CONFIG;
+use super::{EXIT_CONFIG, finish};
 use crate::config;
 
 pub fn run(file: &Path) -> ExitCode {
@@ -13,7 +14,9 @@ pub fn run(file: &Path) -> ExitCode {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
+            let mut out = super::stdout();
+            let written = writeln!(
+                out,
                 "{}: ok ({} sources, {} destinations, {} routes, {} mappings)",
                 file.display(),
                 c.sources.len(),
@@ -21,7 +24,7 @@ pub fn run(file: &Path) -> ExitCode {
                 c.routes.len(),
                 c.mappings.len()
             );
-            ExitCode::SUCCESS
+            finish(written, &mut out, ExitCode::SUCCESS)
         }
         Err(problems) => {
             for p in &problems.0 {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use nzela_core::mapping::Mapping;
 
-use super::EXIT_CONFIG;
+use super::{EXIT_CONFIG, finish};
 
 pub fn run(mapping: &Path, input: Option<&Path>) -> ExitCode {
     let mapping = match Mapping::load(mapping) {
@@ -35,24 +35,15 @@ pub fn run(mapping: &Path, input: Option<&Path>) -> ExitCode {
     };
     match mapping.run(&bytes) {
         Ok(out) => {
-            let mut stdout = std::io::stdout().lock();
-            let written = stdout
-                .write_all(&out)
-                .and_then(|()| {
-                    if out.ends_with(b"\n") {
-                        Ok(())
-                    } else {
-                        stdout.write_all(b"\n")
-                    }
-                })
-                .and_then(|()| stdout.flush());
-            match written {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: cannot write the result: {e}");
-                    ExitCode::FAILURE
+            let mut stdout = super::stdout();
+            let written = stdout.write_all(&out).and_then(|()| {
+                if out.ends_with(b"\n") {
+                    Ok(())
+                } else {
+                    stdout.write_all(b"\n")
                 }
-            }
+            });
+            finish(written, &mut stdout, ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {name}: {e}");

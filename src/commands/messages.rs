@@ -1,13 +1,14 @@
 //! `nzela messages list|show|replay`: where is message X, and requeue what
 //! was dead-lettered. Reads the journal directly, beside a running daemon.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use nzela_core::journal::{DeliverySummary, Inspector, ListFilter, MessageDetail, MessageSummary};
 use serde_json::json;
 
-use super::EXIT_CONFIG;
+use super::{EXIT_CONFIG, finish};
 
 /// The journal a configuration names, without checking the rest of it:
 /// an operator can look at messages even while a mapping is broken.
@@ -50,25 +51,31 @@ pub fn list(journal: &Path, filter: ListFilter, as_json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut out = super::stdout();
+    let written = write_list(&mut out, &messages, as_json);
+    finish(written, &mut out, ExitCode::SUCCESS)
+}
+
+fn write_list(out: &mut impl Write, messages: &[MessageSummary], as_json: bool) -> io::Result<()> {
     if as_json {
         let items: Vec<_> = messages.iter().map(summary_json).collect();
-        println!(
+        return writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&items).unwrap_or_default()
         );
-        return ExitCode::SUCCESS;
     }
     if messages.is_empty() {
-        println!("no messages");
-        return ExitCode::SUCCESS;
+        return writeln!(out, "no messages");
     }
-    for m in &messages {
+    for m in messages {
         let deliveries: Vec<String> = m
             .deliveries
             .iter()
             .map(|d| format!("{}→{}:{}", d.route, d.destination, brief_state(d)))
             .collect();
-        println!(
+        writeln!(
+            out,
             "{}  {}  {:<20} {:<24} {:<9} {}",
             m.id,
             time(m.received_at),
@@ -76,9 +83,9 @@ pub fn list(journal: &Path, filter: ListFilter, as_json: bool) -> ExitCode {
             m.business_key.as_deref().unwrap_or("-"),
             m.state,
             deliveries.join(" ")
-        );
+        )?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 pub fn show(journal: &Path, key: &str, as_json: bool, body: bool) -> ExitCode {
@@ -106,23 +113,36 @@ pub fn show(journal: &Path, key: &str, as_json: bool, body: bool) -> ExitCode {
             }
         }
     }
+    let mut out = super::stdout();
+    let written = write_details(&mut out, &details, as_json, body);
+    finish(written, &mut out, ExitCode::SUCCESS)
+}
+
+fn write_details(
+    out: &mut impl Write,
+    details: &[MessageDetail],
+    as_json: bool,
+    body: bool,
+) -> io::Result<()> {
     if as_json {
         let items: Vec<_> = details.iter().map(detail_json).collect();
-        let out = if items.len() == 1 {
-            items[0].clone()
-        } else {
-            json!(items)
+        let value = match items.as_slice() {
+            [one] => one.clone(),
+            _ => json!(items),
         };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     }
     for (i, d) in details.iter().enumerate() {
         if i > 0 {
-            println!();
+            writeln!(out)?;
         }
-        print_detail(d, body);
+        write_detail(out, d, body)?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 pub fn replay(journal: &Path, key: &str) -> ExitCode {
@@ -152,14 +172,18 @@ pub fn replay(journal: &Path, key: &str) -> ExitCode {
         eprintln!("nothing to replay: \"{key}\" names no dead-lettered delivery");
         return ExitCode::FAILURE;
     }
-    for d in &requeued {
-        println!("requeued delivery {d}");
-    }
-    println!(
-        "{} delivery(ies) requeued; a running nzela sends them within seconds",
-        requeued.len()
-    );
-    ExitCode::SUCCESS
+    let mut out = super::stdout();
+    let written = requeued
+        .iter()
+        .try_for_each(|d| writeln!(out, "requeued delivery {d}"))
+        .and_then(|()| {
+            writeln!(
+                out,
+                "{} delivery(ies) requeued; a running nzela sends them within seconds",
+                requeued.len()
+            )
+        });
+    finish(written, &mut out, ExitCode::SUCCESS)
 }
 
 fn brief_state(d: &DeliverySummary) -> String {
@@ -171,29 +195,29 @@ fn brief_state(d: &DeliverySummary) -> String {
     }
 }
 
-fn print_detail(d: &MessageDetail, body: bool) {
+fn write_detail(out: &mut impl Write, d: &MessageDetail, body: bool) -> io::Result<()> {
     let m = &d.summary;
-    println!("message {}", m.id);
-    println!("  source        {}", m.source);
-    println!("  received      {}", time(m.received_at));
-    println!("  state         {}", m.state);
+    writeln!(out, "message {}", m.id)?;
+    writeln!(out, "  source        {}", m.source)?;
+    writeln!(out, "  received      {}", time(m.received_at))?;
+    writeln!(out, "  state         {}", m.state)?;
     if let Some(k) = &m.business_key {
-        println!("  business key  {k}");
+        writeln!(out, "  business key  {k}")?;
     }
     if let Some(c) = &d.correlation_id {
-        println!("  correlation   {c}");
+        writeln!(out, "  correlation   {c}")?;
     }
     if let Some(c) = &d.content_type {
-        println!("  content type  {c}");
+        writeln!(out, "  content type  {c}")?;
     }
     for (k, v) in &d.headers {
-        println!("  header        {k}: {v}");
+        writeln!(out, "  header        {k}: {v}")?;
     }
-    println!("  size          {} bytes", d.body.len());
+    writeln!(out, "  size          {} bytes", d.body.len())?;
     if m.deliveries.is_empty() {
-        println!("deliveries: none");
+        writeln!(out, "deliveries: none")?;
     } else {
-        println!("deliveries:");
+        writeln!(out, "deliveries:")?;
         for del in &m.deliveries {
             let mut line = format!(
                 "  {}  {} → {}  {}",
@@ -205,30 +229,32 @@ fn print_detail(d: &MessageDetail, body: bool) {
             if del.state == "pending" && del.attempts > 0 {
                 line.push_str(&format!(", next at {}", time(del.next_attempt_at)));
             }
-            println!("{line}");
+            writeln!(out, "{line}")?;
             if let Some(e) = &del.last_error {
-                println!("      last error: {e}");
+                writeln!(out, "      last error: {e}")?;
             }
         }
     }
-    println!("events:");
+    writeln!(out, "events:")?;
     for e in &d.events {
         let delivery = e
             .delivery_id
             .as_deref()
             .map(|id| format!(" [{}]", short(id)))
             .unwrap_or_default();
-        println!(
+        writeln!(
+            out,
             "  {}  {:<16}{delivery} {}",
             time(e.at),
             e.kind,
             e.detail.as_deref().unwrap_or("")
-        );
+        )?;
     }
     if body {
-        println!("body:");
-        println!("{}", String::from_utf8_lossy(&d.body));
+        writeln!(out, "body:")?;
+        writeln!(out, "{}", String::from_utf8_lossy(&d.body))?;
     }
+    Ok(())
 }
 
 fn short(id: &str) -> &str {

@@ -1,9 +1,20 @@
 //! `nzela test [PATH ...]`: the tests written in mapping files.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use nzela_core::mapping::Mapping;
+
+use super::finish;
+
+/// How many tests passed and failed, and how many files did not load.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    broken: usize,
+}
 
 pub fn run(paths: &[PathBuf]) -> ExitCode {
     let mut files = Vec::new();
@@ -20,46 +31,54 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
-    for file in &files {
+    // Line by line, as the tests run: no buffer beyond the line.
+    let mut out = io::stdout().lock();
+    let mut tally = Tally::default();
+    let written = run_files(&mut out, &files, &mut tally);
+    let code = if tally.failed > 0 || tally.broken > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    finish(written, &mut out, code)
+}
+
+/// Runs the tests of every file, writing one line per test and a summary.
+fn run_files(out: &mut impl Write, files: &[PathBuf], tally: &mut Tally) -> io::Result<()> {
+    for file in files {
         let mapping = match Mapping::load(file) {
             Ok(m) => m,
             Err(e) => {
-                broken += 1;
-                println!("FAIL {}: the mapping does not load", file.display());
+                tally.broken += 1;
+                writeln!(out, "FAIL {}: the mapping does not load", file.display())?;
                 for line in e.to_string().lines() {
-                    println!("     {line}");
+                    writeln!(out, "     {line}")?;
                 }
                 continue;
             }
         };
         if mapping.tests().is_empty() {
-            println!("--   {}: no tests", file.display());
+            writeln!(out, "--   {}: no tests", file.display())?;
             continue;
         }
         for outcome in mapping.run_tests() {
             if outcome.passed {
-                passed += 1;
-                println!("ok   {}: {}", file.display(), outcome.name);
+                tally.passed += 1;
+                writeln!(out, "ok   {}: {}", file.display(), outcome.name)?;
             } else {
-                failed += 1;
-                println!("FAIL {}: {}", file.display(), outcome.name);
+                tally.failed += 1;
+                writeln!(out, "FAIL {}: {}", file.display(), outcome.name)?;
                 for line in outcome.detail.unwrap_or_default().lines() {
-                    println!("     {line}");
+                    writeln!(out, "     {line}")?;
                 }
             }
         }
     }
-    let mut summary = format!("{passed} passed, {failed} failed");
-    if broken > 0 {
-        summary.push_str(&format!(", {broken} mapping file(s) did not load"));
+    let mut summary = format!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.broken > 0 {
+        summary.push_str(&format!(", {} mapping file(s) did not load", tally.broken));
     }
-    println!("{summary}");
-    if failed > 0 || broken > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    writeln!(out, "{summary}")
 }
 
 /// The mapping files at `path`: the file itself, or every *.yaml / *.yml
