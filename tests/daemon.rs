@@ -1512,3 +1512,26 @@ fn output_to_a_reader_that_went_away_ends_quietly_with_success() {
         );
     }
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    let hub = Hub::new();
+    let config = small_hub(&hub, "5s", "127.0.0.1:0");
+    // No NO_COLOR in its environment (see nzela_command): whether to
+    // colour is nzela's own decision.
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    post_json(d.addr(), ORDERS_PATH, &[], b"{not json").unwrap();
+    accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("PLAIN-1")).unwrap());
+    d.wait_for("the declaration", || {
+        (folder(&hub.path("out")).0.len() == 1).then_some(())
+    });
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    let lines = d.stderr();
+    assert!(lines.iter().any(|l| l.contains("WARN")), "{}", d.dump());
+    let coloured: Vec<&String> = lines.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "escape codes in the logs: {coloured:?}"
+    );
+}

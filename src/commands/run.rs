@@ -80,6 +80,7 @@ fn delivery_runtime(settings: &config::DeliveryConfig) -> std::io::Result<tokio:
 }
 
 /// Text for people or JSON for collectors; `RUST_LOG` overrides the level.
+/// Text is coloured only on a terminal.
 fn init_logging(format: &str, level: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
@@ -89,7 +90,8 @@ fn init_logging(format: &str, level: &str) -> Result<(), String> {
     .map_err(|e| format!("bad log level \"{level}\": {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colours_on_stderr());
     let result = match format {
         "json" => builder
             .json()
@@ -100,4 +102,12 @@ fn init_logging(format: &str, level: &str) -> Result<(), String> {
         other => return Err(format!("\"{other}\" is not a log format: text or json")),
     };
     result.map_err(|e| format!("cannot start logging: {e}"))
+}
+
+/// Whether log lines may carry colours (ANSI escape codes): only when
+/// standard error is a terminal, and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>). A journal, a file or a pipe gets plain text.
+fn colours_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

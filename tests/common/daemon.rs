@@ -42,26 +42,6 @@ pub fn poll_until<T>(
     }
 }
 
-/// Removes ANSI escape sequences (colours) from a log line.
-pub fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// What a running nzela wrote, one entry per line.
 #[derive(Debug, Default)]
 pub struct Logs {
@@ -83,7 +63,7 @@ fn collect<R: Read + Send + 'static>(
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
-                    let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
                     let mut logs = logs.lock().unwrap();
                     if stderr {
                         logs.stderr.push(line);
@@ -97,11 +77,12 @@ fn collect<R: Read + Send + 'static>(
 }
 
 /// The `nzela` command, with an environment free of the caller's nzela
-/// settings (`NZELA__*`, `RUST_LOG`) and of colours, plus `env`.
+/// settings (`NZELA__*`, `RUST_LOG`) and of `NO_COLOR` (nzela must not
+/// colour a pipe by itself), plus `env`.
 pub fn nzela_command(dir: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nzela"));
     cmd.current_dir(dir)
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .env_remove("RUST_LOG");
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("NZELA") {
