@@ -11,6 +11,9 @@
 //! once, then dispatchers, the router and the sources start, in that order,
 //! so that nothing is accepted before it can be carried.
 //!
+//! Once every source listens, systemd is told that nzela is ready; on
+//! SIGINT or SIGTERM, that it is stopping (see `systemd`).
+//!
 //! Stop: sources stop taking messages first (HTTP finishes the requests in
 //! flight), then the router and the dispatchers are given
 //! `shutdown_timeout` to finish what they hold, then the journal finishes
@@ -30,6 +33,7 @@ use nzela_core::runtime::{CancellationToken, Intake};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::systemd;
 
 /// Runs the hub; returns when it has stopped.
 pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result<(), String> {
@@ -107,9 +111,18 @@ pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result
         routes = config.routes.len(),
         "nzela is running"
     );
+    let status = format!(
+        "running: {} source(s), {} destination(s), {} route(s)",
+        config.sources.len(),
+        config.destinations.len(),
+        config.routes.len()
+    );
+    systemd::notify(systemd::State::Ready, status).await;
 
     wait_for_signal().await;
     tracing::info!("stopping: no new messages; finishing the work in flight");
+    let status = "stopping: no new messages; finishing the work in flight".to_owned();
+    systemd::notify(systemd::State::Stopping, status).await;
     shutdown.cancel();
     let stop = config.shutdown_timeout;
     if tokio::time::timeout(stop, async { while sources.join_next().await.is_some() {} })

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod daemon;
 mod priority;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

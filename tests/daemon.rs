@@ -1535,3 +1535,89 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
         "escape codes in the logs: {coloured:?}"
     );
 }
+
+#[test]
+fn systemd_is_told_ready_once_health_answers_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+
+    let hub = Hub::new();
+    // A port known before the start, so that the listener below can ask
+    // for /health the moment READY=1 arrives.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let config = small_hub(&hub, "5s", &addr.to_string());
+    let socket_path = hub.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(POLL_NOTIFY)).unwrap();
+    // Every datagram, with the /health status asked for on receiving it.
+    let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
+    let listener = {
+        let received = received.clone();
+        thread::spawn(move || {
+            let start = Instant::now();
+            let mut buf = [0u8; 4096];
+            while start.elapsed() < Duration::from_secs(60) {
+                let Ok(n) = socket.recv(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let health = text.lines().any(|l| l == "READY=1").then(|| {
+                    request(addr, "GET", "/health", &[], Body::None)
+                        .map(|a| a.status)
+                        .unwrap_or(0)
+                });
+                let stopping = text.lines().any(|l| l == "STOPPING=1");
+                received.lock().unwrap().push((text, health));
+                if stopping {
+                    return;
+                }
+            }
+        })
+    };
+    let notify_socket = socket_path.to_str().unwrap();
+    let mut d = Daemon::start(hub.dir(), &config, &[("NOTIFY_SOCKET", notify_socket)], &[]);
+    let ready = d.wait_for("READY=1", || {
+        let got = received.lock().unwrap();
+        got.iter()
+            .find(|(t, _)| t.lines().any(|l| l == "READY=1"))
+            .cloned()
+    });
+    assert_eq!(
+        ready.1,
+        Some(200),
+        "/health when READY=1 arrived: {ready:?}"
+    );
+    assert!(
+        ready.0.lines().any(|l| l.starts_with("STATUS=running")),
+        "{ready:?}"
+    );
+    accepted_id(&post_json(addr, ORDERS_PATH, &[], &order("SD-1")).unwrap());
+    // Nothing more until the signal.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(received.lock().unwrap().len(), 1, "{:?}", received.lock());
+
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    listener.join().unwrap();
+    let got = received.lock().unwrap().clone();
+    let texts: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts[1].lines().any(|l| l == "STOPPING=1"), "{texts:?}");
+    assert!(
+        texts[1].lines().any(|l| l.starts_with("STATUS=stopping")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|t| t.contains("READY=1")).count(),
+        1,
+        "{texts:?}"
+    );
+}
+
+/// How often the notification listener looks at its stop condition.
+const POLL_NOTIFY: Duration = Duration::from_millis(100);
+
+/// A datagram sent to `NOTIFY_SOCKET`, and the status `GET /health` got
+/// the moment it arrived (when it says `READY=1`; 0 when it failed).
+type Notification = (String, Option<u16>);

@@ -77,12 +77,14 @@ fn collect<R: Read + Send + 'static>(
 }
 
 /// The `nzela` command, with an environment free of the caller's nzela
-/// settings (`NZELA__*`, `RUST_LOG`) and of `NO_COLOR` (nzela must not
-/// colour a pipe by itself), plus `env`.
+/// settings (`NZELA__*`, `RUST_LOG`), of `NO_COLOR` (nzela must not colour
+/// a pipe by itself) and of `NOTIFY_SOCKET` (tests run under systemd must
+/// not notify it), plus `env`.
 pub fn nzela_command(dir: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nzela"));
     cmd.current_dir(dir)
         .env_remove("NO_COLOR")
+        .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG");
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("NZELA") {
