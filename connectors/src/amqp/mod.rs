@@ -25,7 +25,9 @@
 //! message's `correlation_id`, and its confirm awaited: an ack is
 //! delivered; a nack, a return (no queue bound for the routing key), a
 //! timeout or a lost connection is a transient failure, retried by the
-//! dispatcher.
+//! dispatcher. A return is matched to its publish by its `message_id`,
+//! not by the confirm lapin hands it with (see [`confirms`]). A confirm
+//! that does not come in time resets the channel.
 //!
 //! **Reconnection.** Both sides run a supervisor: when the connection or
 //! the channel is lost (broker restart, network cut, channel error) it
@@ -38,6 +40,7 @@
 //! journal.
 
 mod config;
+mod confirms;
 mod destination;
 mod incoming;
 mod source;

@@ -309,3 +309,237 @@ async fn a_routing_key_the_delivery_cannot_fill_is_a_permanent_failure() {
         other => panic!("expected a permanent failure, got {other:?}"),
     }
 }
+
+/// A suffix of names no other test uses.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("no RabbitMQ at {URL}: {e}"));
+    let channel = connection.create_channel().await.expect("open a channel");
+    (connection, channel)
+}
+
+/// The message ids waiting on `queue`, read (and removed) one by one.
+async fn drain(channel: &lapin::Channel, queue: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some(m) = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        ids.push(
+            m.properties
+                .message_id()
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    ids
+}
+
+async fn until_connected(d: &AmqpDestination) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !d.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the destination did not connect within 20s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_are_matched_to_their_own_message_among_hundreds_in_flight() {
+    let s = unique();
+    let (exchange, queue) = (format!("t.{s}.confirms"), format!("t.{s}.routable"));
+    let c = destination(json!({
+        "url": URL,
+        "exchange": exchange,
+        "routing_key": "{{ business_key }}",
+        "topology": {
+            "exchanges": [{"name": exchange, "kind": "topic", "durable": false, "auto_delete": true}],
+            "queues": [{"name": queue, "durable": false}],
+            "bindings": [{"queue": queue, "exchange": exchange, "routing_key": "ok.#"}]
+        }
+    }))
+    .unwrap();
+    let d = std::sync::Arc::new(AmqpDestination::build("confirms", &c).await.unwrap());
+    until_connected(&d).await;
+    let (_connection, channel) = broker_channel().await;
+    // Several rounds: the order in which lapin completes the confirms of a
+    // multiple ack varies from one to the next.
+    for round in 0..3 {
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let d = d.clone();
+            sends.spawn(async move {
+                let mut out = sample();
+                out.delivery_id = format!("r{round}-d{i}");
+                out.body = format!("{{\"n\": {i}}}").into_bytes();
+                // Every other message has no queue bound for its key.
+                let routable = i % 2 == 0;
+                out.business_key = Some(format!("{}.{i}", if routable { "ok" } else { "no" }));
+                (out.delivery_id.clone(), routable, d.send(&out).await)
+            });
+        }
+        let mut delivered = std::collections::HashSet::new();
+        while let Some(done) = sends.join_next().await {
+            let (id, routable, outcome) = done.expect("a send task");
+            match (routable, outcome) {
+                (true, SendOutcome::Delivered { .. }) => {
+                    delivered.insert(id);
+                }
+                (false, SendOutcome::Transient { error, .. })
+                    if error.starts_with("unroutable") => {}
+                (routable, other) => {
+                    panic!("{id} (routable: {routable}) was answered {other:?}")
+                }
+            }
+        }
+        let mut on_queue = drain(&channel, &queue).await;
+        on_queue.sort();
+        let mut expected: Vec<String> = delivered.into_iter().collect();
+        expected.sort();
+        assert_eq!(expected.len(), 200, "round {round}");
+        assert_eq!(
+            on_queue, expected,
+            "round {round}: the queue holds exactly the routable ones, once"
+        );
+    }
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = channel
+        .exchange_delete(
+            exchange.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
+
+/// A TCP proxy to the broker whose open connections can be stalled: what
+/// the broker sends stops reaching nzela, the connections stay open (a
+/// broker that hangs). New connections go through.
+struct StallingProxy {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<tokio::sync::Notify>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start() -> StallingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let links = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    continue;
+                };
+                let stall = std::sync::Arc::new(tokio::sync::Notify::new());
+                links.lock().unwrap().push(stall.clone());
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut broker_in, mut broker_out) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut broker_out).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            r = broker_in.read(&mut buf) => match r {
+                                Ok(n) if n > 0 => n,
+                                _ => return,
+                            },
+                            // Stalled: hold the connection, forward nothing.
+                            () = stall.notified() => std::future::pending().await,
+                        };
+                        if client_out.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StallingProxy {
+            port,
+            stalled,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stalls every connection open now.
+    fn stall(&self) {
+        for link in self.stalled.lock().unwrap().drain(..) {
+            link.notify_one();
+        }
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_that_does_not_come_resets_the_channel() {
+    let exchange = format!("t.{}.stalled", unique());
+    let proxy = StallingProxy::start().await;
+    let c = destination(json!({
+        "url": proxy.url(),
+        "exchange": exchange,
+        "confirm_timeout": "1s",
+        "reconnect_backoff": "50ms",
+        "topology": {"exchanges": [{"name": exchange, "durable": false, "auto_delete": true}]}
+    }))
+    .unwrap();
+    let d = AmqpDestination::build("stalled", &c).await.unwrap();
+    until_connected(&d).await;
+    proxy.stall();
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => {
+            assert!(
+                error.contains("did not confirm the message within 1s"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    // The channel that holds the lost confirm is given up (the stalled
+    // connection would otherwise stay, its heartbeat a minute away), and
+    // a new connection is opened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel was kept after a confirm timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_connected(&d).await;
+    // The new channel works: the broker answers (no queue is bound).
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => assert!(error.starts_with("unroutable"), "{error}"),
+        other => panic!("expected the message returned, got {other:?}"),
+    }
+}
