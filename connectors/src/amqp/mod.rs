@@ -8,12 +8,17 @@
 //!
 //! - decodes: committed to the journal ([`Intake::accept`]); only once the
 //!   commit is on disk is the delivery acknowledged (`basic.ack`). If the
-//!   journal cannot take it, `basic.nack` with requeue: the broker keeps
-//!   it and delivers it again.
-//! - does not decode (or is too large): kept in the journal as `rejected`
-//!   with the reason ([`Intake::reject`]), then `basic.reject` without
-//!   requeue, which sends it to the queue's dead-letter exchange when one
-//!   is configured.
+//!   journal cannot take it (a full disk), the delivery stays
+//!   unacknowledged and its commit is tried again with backoff until it
+//!   succeeds (the prefetch bounds how many wait so); it is handed back
+//!   (`basic.nack` with requeue) only when nzela stops or the channel is
+//!   lost. Handing it back at once would have the broker deliver it again
+//!   at once, each time counted against a quorum queue's
+//!   `x-delivery-limit`, past which the broker drops it.
+//! - does not decode (or is too large, or the decoder panics on it): kept
+//!   in the journal as `rejected` with the reason ([`Intake::reject`]),
+//!   then `basic.reject` without requeue, which sends it to the queue's
+//!   dead-letter exchange when one is configured.
 //!
 //! The AMQP `message_id` is the message's idempotency key (a redelivery
 //! after a lost acknowledgement is a duplicate, not a second message); a

@@ -430,6 +430,214 @@ async fn returns_are_matched_to_their_own_message_among_hundreds_in_flight() {
         .await;
 }
 
+/// A journal that refuses to commit messages while told to, as a full
+/// disk does, and counts what it refused and took.
+struct Refusing {
+    inner: nzela_core::journal::SqliteJournal,
+    refuse: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicUsize,
+    accepted: std::sync::atomic::AtomicUsize,
+}
+
+mod refusing {
+    use std::sync::atomic::Ordering;
+
+    use nzela_core::journal::{
+        Journal, JournalError, Leased, NewMessage, Outcome, Routing, StoredMessage,
+    };
+    use nzela_core::runtime::{Accepted, BoxFuture};
+
+    use super::Refusing;
+
+    impl Journal for Refusing {
+        fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
+            Box::pin(async move {
+                if self.refuse.load(Ordering::Acquire) {
+                    self.refused.fetch_add(1, Ordering::AcqRel);
+                    return Err(JournalError::Storage("database or disk is full".to_owned()));
+                }
+                let accepted = self.inner.accept(message).await?;
+                self.accepted.fetch_add(1, Ordering::AcqRel);
+                Ok(accepted)
+            })
+        }
+        fn reject(
+            &self,
+            message: NewMessage,
+            reason: String,
+        ) -> BoxFuture<'_, Result<String, JournalError>> {
+            self.inner.reject(message, reason)
+        }
+        fn received(
+            &self,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
+            self.inner.received(limit)
+        }
+        fn record_routing(
+            &self,
+            routings: Vec<Routing>,
+        ) -> BoxFuture<'_, Result<Vec<bool>, JournalError>> {
+            self.inner.record_routing(routings)
+        }
+        fn lease<'a>(
+            &'a self,
+            destination: &'a str,
+            now: i64,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<Leased>, JournalError>> {
+            self.inner.lease(destination, now, limit)
+        }
+        fn record_outcome(
+            &self,
+            delivery_id: String,
+            attempt: u32,
+            outcome: Outcome,
+        ) -> BoxFuture<'_, Result<(), JournalError>> {
+            self.inner.record_outcome(delivery_id, attempt, outcome)
+        }
+        fn next_due<'a>(
+            &'a self,
+            destination: &'a str,
+        ) -> BoxFuture<'a, Result<Option<i64>, JournalError>> {
+            self.inner.next_due(destination)
+        }
+        fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>> {
+            self.inner.release_leases()
+        }
+        fn unlease(
+            &self,
+            leases: Vec<(String, u32)>,
+        ) -> BoxFuture<'_, Result<usize, JournalError>> {
+            self.inner.unlease(leases)
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            self.inner.close()
+        }
+    }
+}
+
+/// Waits, up to `within`, until `ok` holds.
+async fn until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The queue's ready messages and consumers, `None` while it does not exist.
+async fn queue_state(connection: &lapin::Connection, queue: &str) -> Option<(u32, u32)> {
+    // A passive declare of a missing queue closes its channel: one each.
+    let channel = connection.create_channel().await.ok()?;
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = channel.close(200, "done".into()).await;
+    Some((q.message_count(), q.consumer_count()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_cannot_commit_keeps_deliveries_unacknowledged_until_it_can() {
+    use std::sync::atomic::Ordering;
+
+    use nzela_core::journal::Journal;
+    use nzela_core::runtime::router::Feed;
+    use nzela_core::runtime::{CancellationToken, Intake};
+
+    const N: usize = 10;
+    let queue = format!("t.{}.full-journal", unique());
+    let dir = tempfile::tempdir().unwrap();
+    let journal = std::sync::Arc::new(Refusing {
+        inner: nzela_core::journal::SqliteJournal::open(dir.path().join("journal.db")).unwrap(),
+        refuse: true.into(),
+        refused: 0.into(),
+        accepted: 0.into(),
+    });
+    let shutdown = CancellationToken::new();
+    let intake = Intake::new(
+        journal.clone() as std::sync::Arc<dyn Journal>,
+        Feed::default(),
+        shutdown.clone(),
+    );
+    // A quorum queue that drops a message delivered more than 3 times.
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"queues": [{"name": queue, "arguments": {
+            "x-queue-type": "quorum", "x-delivery-limit": 2
+        }}]}
+    }))
+    .unwrap();
+    let source = super::AmqpSource::build("orders", &c).await.unwrap();
+    let running = tokio::spawn(source.run(intake, shutdown.clone()));
+    let (connection, channel) = broker_channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(queue_state(&connection, &queue).await, Some((_, 1))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source did not start consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..N {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                format!("{{\"n\": {i}}}").as_bytes(),
+                BasicProperties::default().with_message_id(format!("m-{i}").into()),
+            )
+            .await
+            .expect("publish");
+    }
+    // Each message is refused many more times than the broker would
+    // deliver it: the commits are tried again without redeliveries.
+    until("4 refusals per message", Duration::from_secs(30), || {
+        journal.refused.load(Ordering::Acquire) >= 4 * N
+    })
+    .await;
+    journal.refuse.store(false, Ordering::Release);
+    until("every message committed", Duration::from_secs(30), || {
+        journal.accepted.load(Ordering::Acquire) >= N
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the source stops")
+        .expect("the source task");
+    // Each committed once, and acknowledged: nothing is left on the queue
+    // (an unacknowledged one would be back there now that the source left).
+    assert_eq!(journal.accepted.load(Ordering::Acquire), N);
+    let inspector = nzela_core::journal::Inspector::open(dir.path().join("journal.db")).unwrap();
+    let listed = inspector
+        .list(&nzela_core::journal::ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), N);
+    assert_eq!(queue_state(&connection, &queue).await, Some((0, 0)));
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+}
+
 /// A TCP proxy to the broker whose open connections can be stalled: what
 /// the broker sends stops reaching nzela, the connections stay open (a
 /// broker that hangs). New connections go through.
