@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use nzela_core::runtime::{BoxFuture, CancellationToken, Destination, Outbound, SendOutcome};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::config::{ConnectionSettings, DestinationConfig, header_template_name};
 use super::confirms::{Confirms, Verdict};
@@ -50,6 +50,8 @@ struct Link {
     error: RwLock<String>,
     /// A publish failed in a way that suggests the channel is gone.
     broken: Notify,
+    /// Whether there is a channel, for [`Destination::available`].
+    connected: watch::Sender<bool>,
 }
 
 /// An open channel in confirm mode, and the confirms of its publishes.
@@ -64,9 +66,11 @@ impl Link {
     }
 
     fn set(&self, current: Option<Arc<Current>>, error: &str) {
+        let connected = current.is_some();
         if let Ok(mut c) = self.current.write() {
             *c = current;
         }
+        self.connected.send_replace(connected);
         if let Ok(mut e) = self.error.write() {
             error.clone_into(&mut e);
         }
@@ -134,10 +138,11 @@ impl AmqpDestination {
             Err(error) => return SendOutcome::Permanent { error },
         };
         let Some(current) = self.link.current() else {
-            return transient(format!(
-                "not connected to the AMQP broker: {}",
-                self.link.error()
-            ));
+            // Nothing was sent: the attempt does not count, and the
+            // dispatcher waits for `available`.
+            return SendOutcome::Unavailable {
+                error: format!("not connected to the AMQP broker: {}", self.link.error()),
+            };
         };
         let options = BasicPublishOptions {
             mandatory: true,
@@ -245,6 +250,18 @@ impl AmqpDestination {
 impl Destination for AmqpDestination {
     fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
         Box::pin(self.publish(out))
+    }
+
+    /// Resolves once a channel is open.
+    fn available(&self) -> BoxFuture<'_, ()> {
+        let mut connected = self.link.connected.subscribe();
+        Box::pin(async move {
+            // An error means the supervisor is gone: the destination is
+            // being dropped, and never comes back.
+            if connected.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }
 

@@ -41,8 +41,8 @@
 //! declares the topology again, and resumes; it logs when the broker is
 //! back. A delivery received and not yet acknowledged when the connection
 //! drops is delivered again by the broker. While the broker is away, the
-//! destination answers "not connected" at once, and deliveries wait in the
-//! journal.
+//! destination answers "unavailable" at once (no attempt is counted), and
+//! deliveries wait in the journal until it is back.
 
 mod config;
 mod confirms;

@@ -266,7 +266,7 @@ fn base64_decodes_or_refuses() {
 }
 
 #[tokio::test]
-async fn a_destination_without_a_broker_answers_transient_at_once() {
+async fn a_destination_without_a_broker_answers_unavailable_at_once() {
     let c = destination(json!({
         "url": "amqp://guest:guest@127.0.0.1:1/%2f", "connect_timeout": "1s"
     }))
@@ -276,22 +276,28 @@ async fn a_destination_without_a_broker_answers_transient_at_once() {
     let outcome = d.send(&sample()).await;
     assert!(started.elapsed() < Duration::from_secs(1));
     match outcome {
-        SendOutcome::Transient { error, .. } => {
+        SendOutcome::Unavailable { error } => {
             assert!(
                 error.starts_with("not connected to the AMQP broker"),
                 "{error}"
             );
         }
-        other => panic!("expected a transient failure, got {other:?}"),
+        other => panic!("expected the destination unavailable, got {other:?}"),
     }
     // Once the supervisor has tried, the reason names the broker.
     tokio::time::sleep(Duration::from_millis(300)).await;
     match d.send(&sample()).await {
-        SendOutcome::Transient { error, .. } => {
+        SendOutcome::Unavailable { error } => {
             assert!(error.contains("amqp://127.0.0.1:1/%2f"), "{error}");
         }
-        other => panic!("expected a transient failure, got {other:?}"),
+        other => panic!("expected the destination unavailable, got {other:?}"),
     }
+    // It is not available while the broker is away.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), d.available())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,12 @@
 //! jitter (honouring the peer's `Retry-After`); or failed for good, and
 //! dead-lettered with its reason. Destinations are independent: one that is
 //! down holds back nothing else.
+//!
+//! A destination that cannot make an attempt at all (its broker is away:
+//! [`SendOutcome::Unavailable`]) is paused: the delivery is pending again
+//! without an attempt counted, and its time waiting does not age it; the
+//! dispatcher sends nothing more to that destination until it says it can
+//! send again ([`Destination::available`]), or a back-off has passed.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +31,11 @@ use crate::journal::{Journal, JournalError, Leased, Outcome};
 /// How long an idle dispatcher waits before looking at the journal anyway
 /// (an operator's replay, a retry that came due).
 const IDLE: Duration = Duration::from_secs(1);
+
+/// The pause of an unavailable destination: first this, doubling while it
+/// stays away, up to [`AWAY_MAX`], unless it says it is back earlier.
+const AWAY: Duration = Duration::from_secs(1);
+const AWAY_MAX: Duration = Duration::from_secs(30);
 
 /// New deliveries the router hands to a dispatcher in memory, leased to it
 /// in the same transaction that stored them (`inflight`, attempt 1): the
@@ -208,6 +219,21 @@ pub struct Dispatcher {
     journal: Arc<dyn Journal>,
     handoff: Handoff,
     intake: Intake,
+    away: Away,
+}
+
+/// What the attempts tell the dispatcher of the destination's
+/// availability.
+#[derive(Default)]
+struct Away {
+    /// An attempt found the destination unavailable since the dispatcher
+    /// last paused.
+    unavailable: AtomicBool,
+    /// An attempt was made (whatever its outcome) since the dispatcher
+    /// last looked.
+    reached: AtomicBool,
+    /// What the destination last answered when unavailable.
+    why: Mutex<String>,
 }
 
 impl Dispatcher {
@@ -224,6 +250,7 @@ impl Dispatcher {
             journal,
             handoff,
             intake,
+            away: Away::default(),
         }
     }
 
@@ -239,11 +266,37 @@ impl Dispatcher {
         let mut from_journal = true;
         let mut looked = Instant::now();
         let mut turn = false;
+        // Pauses in a row while the destination is unavailable.
+        let mut pauses = 0u32;
         loop {
             // Reap finished attempts (their errors are logged where they happen).
             while inflight.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
+            }
+            let name = &this.settings.name;
+            if this.away.reached.swap(false, Ordering::AcqRel) && pauses > 0 {
+                tracing::info!(destination = %name, "the destination is available again");
+                pauses = 0;
+            }
+            if this.away.unavailable.swap(false, Ordering::AcqRel) {
+                // Its deliveries are pending in the journal, due: nothing
+                // more is sent until it can take them.
+                pauses = pauses.saturating_add(1);
+                let pause = backoff(pauses, AWAY, AWAY_MAX);
+                let why = this.away.why.lock().map(|w| w.clone()).unwrap_or_default();
+                if pauses == 1 {
+                    tracing::warn!(destination = %name, error = %why, "the destination is unavailable; its deliveries wait in the journal until it is back");
+                } else {
+                    tracing::debug!(destination = %name, error = %why, pause = ?pause, "the destination is still unavailable");
+                }
+                tokio::select! {
+                    () = this.destination.available() => {}
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                from_journal = true;
+                continue;
             }
             let free = slots.available_permits();
             if free == 0 {
@@ -393,6 +446,9 @@ impl Dispatcher {
         };
         drop(send);
         drop(slot);
+        if !matches!(result, SendOutcome::Unavailable { .. }) {
+            self.away.reached.store(true, Ordering::Release);
+        }
         let (message_id, route, destination, delivery_id, attempt) = (
             &out.message_id,
             &out.route,
@@ -414,6 +470,14 @@ impl Dispatcher {
             SendOutcome::Permanent { error } => {
                 tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "delivery failed for good; dead-lettered");
                 Outcome::Dead { error }
+            }
+            SendOutcome::Unavailable { error } => {
+                tracing::debug!(%message_id, %route, %destination, %delivery_id, attempt, %error, "the destination is unavailable; the delivery waits");
+                if let Ok(mut why) = self.away.why.lock() {
+                    why.clone_from(&error);
+                }
+                self.away.unavailable.store(true, Ordering::Release);
+                Outcome::Waiting { error }
             }
             SendOutcome::Transient { error, retry_after } => {
                 let now = now_millis();
@@ -448,9 +512,11 @@ impl Dispatcher {
                 .await
             {
                 Ok(()) => {
-                    if let Outcome::Retry { at, .. } = &outcome {
+                    match &outcome {
                         // The dispatcher looks at the journal when it is due.
-                        self.handoff.retry_at(*at);
+                        Outcome::Retry { at, .. } => self.handoff.retry_at(*at),
+                        Outcome::Waiting { .. } => self.handoff.retry_at(now_millis()),
+                        _ => {}
                     }
                     break;
                 }
