@@ -1,7 +1,8 @@
 //! Dispatchers: one per destination. Each leases the deliveries that are
 //! due, sends them (a bounded number at a time), and records each outcome:
 //! delivered; failed for now, retried later with exponential backoff and
-//! jitter (honouring the peer's `Retry-After`); or failed for good, and
+//! jitter (honouring the peer's `Retry-After`, up to the longest backoff);
+//! or failed for good, and
 //! dead-lettered with its reason. Destinations are independent: one that is
 //! down holds back nothing else.
 //!
@@ -492,8 +493,7 @@ impl Dispatcher {
                     tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "dead-lettered");
                     Outcome::Dead { error }
                 } else {
-                    let wait = backoff(tries, s.retry.initial_backoff, s.retry.max_backoff)
-                        .max(retry_after.unwrap_or_default());
+                    let wait = retry_wait(&s.retry, tries, retry_after);
                     let at =
                         now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     tracing::warn!(%message_id, %route, %destination, %delivery_id, attempt, %error, retry_in = ?wait, "delivery failed; will retry");
@@ -557,10 +557,53 @@ impl Dispatcher {
     }
 }
 
+/// The wait before the next attempt after `tries` failed ones: the
+/// backoff, or longer when the peer asks so (`Retry-After`), but never
+/// longer than `max_backoff`: a peer asking for a day does not park a
+/// delivery for a day.
+fn retry_wait(policy: &RetryPolicy, tries: u32, retry_after: Option<Duration>) -> Duration {
+    let asked = retry_after.unwrap_or_default().min(policy.max_backoff);
+    backoff(tries, policy.initial_backoff, policy.max_backoff).max(asked)
+}
+
 async fn wait(wakeup: &Wakeup, shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         () = wakeup.wait() => {}
         () = tokio::time::sleep(d) => {}
         () = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{RetryPolicy, retry_wait};
+
+    #[test]
+    fn retry_after_is_honoured_up_to_max_backoff() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            ..RetryPolicy::default()
+        };
+        // A day asked for: five minutes, the longest wait allowed.
+        assert_eq!(
+            retry_wait(&policy, 1, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(300)
+        );
+        // Within the limit, the peer's wish when longer than the backoff.
+        assert_eq!(
+            retry_wait(&policy, 1, Some(Duration::from_secs(120))),
+            Duration::from_secs(120)
+        );
+        // Shorter than the backoff, or not given: the backoff.
+        for asked in [None, Some(Duration::from_millis(10))] {
+            let wait = retry_wait(&policy, 3, asked);
+            assert!(
+                wait >= Duration::from_secs(2) && wait <= Duration::from_secs(4),
+                "{wait:?}"
+            );
+        }
     }
 }
