@@ -72,7 +72,8 @@ enum Answer {
     Ack,
     /// Not taken (the journal could not, or checking failed): hand it back.
     Requeue,
-    /// Refused and kept as rejected: to the queue's dead-letter exchange.
+    /// Refused and kept as rejected: rejected without requeue (the broker
+    /// dead-letters it if the queue has a dead-letter exchange).
     Reject,
 }
 
@@ -479,7 +480,7 @@ async fn take(
             .await;
             match kept {
                 Some(id) => {
-                    tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, sent to the queue's dead-letter exchange");
+                    tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, and rejected to the broker without requeue (the broker dead-letters it if the queue has a dead-letter exchange)");
                     in_hand.answer(Answer::Reject);
                 }
                 None => in_hand.answer(Answer::Requeue),
