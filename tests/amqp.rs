@@ -668,6 +668,164 @@ async fn an_unroutable_declaration_is_retried_until_a_queue_is_bound() {
     b.cleanup().await;
 }
 
+/// A TCP proxy to the broker, for a destination to lose its broker
+/// without the broker stopping: `cut` closes its connections and refuses
+/// new ones (counting them), `restore` lets them through again.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("the proxy's address").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (u, r, l) = (up.clone(), refused.clone(), links.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !u.load(Ordering::Acquire) {
+                    r.fetch_add(1, Ordering::AcqRel);
+                    drop(client);
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            up,
+            refused,
+            links,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_wait_for_an_unreachable_broker_without_using_up_their_attempts() {
+    let _shared = broker_lock(false).await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start().await;
+    // The destination reaches the broker through the proxy, and gives up
+    // after 2 attempts: a broker away for a few seconds would dead-letter
+    // every delivery if waiting for it counted.
+    let config = config(&b, dir.path(), 10, 4)
+        .replacen(
+            &format!("[destinations.customs]\ntype = \"amqp\"\nurl = \"{BROKER_URL}\""),
+            &format!("[destinations.customs]\ntype = \"amqp\"\nurl = \"{}\"", proxy.url()),
+            1,
+        )
+        .replace(
+            "retry = { max_attempts = 1000, initial_backoff = \"200ms\", max_backoff = \"1s\" }",
+            "retry = { max_attempts = 2, initial_backoff = \"100ms\", max_backoff = \"200ms\", max_age = \"1s\" }",
+        );
+    assert!(config.contains(&proxy.url()) && config.contains("max_attempts = 2"));
+    let mut nzela = Nzela::start(dir.path(), &config);
+    let (out, customs) = (b.name("out"), b.name("customs"));
+    b.bind_queue(&out, &customs, "declaration.#").await;
+    let received = collect(out.clone());
+
+    proxy.cut();
+    nzela.wait_log(
+        |l| l.contains("lost the AMQP broker"),
+        Duration::from_secs(20),
+    );
+    let correlations = publish_orders(&b, 0, 5).await;
+    // Each delivery says once that it waits for the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..5 {
+        loop {
+            let shown = try_messages(dir.path(), &["show", &format!("K-{}-{i}", b.s), "--json"])
+                .unwrap_or_default();
+            if shown.contains("\"waiting\"") {
+                assert_eq!(shown.matches("\"waiting\"").count(), 1, "{shown}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the delivery does not wait: {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The broker stays away while the destination tries to reconnect a few
+    // times (over a second), past max_attempts and max_age.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.refused() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the destination stopped trying to reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = messages(dir.path(), &["list", "--state", "dead", "--json"]);
+    assert!(
+        !dead.contains("K-"),
+        "deliveries were dead-lettered: {dead}"
+    );
+
+    proxy.restore();
+    wait_all(&received, 5, Duration::from_secs(30)).await;
+    assert_exactly_once_per_delivery(&received.lock().unwrap(), &correlations);
+    let dead = messages(dir.path(), &["list", "--state", "dead", "--json"]);
+    assert!(
+        !dead.contains("K-"),
+        "deliveries were dead-lettered: {dead}"
+    );
+    for i in 0..5 {
+        let shown = messages(dir.path(), &["show", &format!("K-{}-{i}", b.s), "--json"]);
+        assert!(
+            !shown.contains("retry_scheduled"),
+            "an attempt was counted: {shown}"
+        );
+        assert_eq!(shown.matches("\"waiting\"").count(), 1, "{shown}");
+    }
+
+    nzela.stop();
+    b.cleanup().await;
+}
+
 /// Publishes `n` orders, each with its own order number, message_id and
 /// correlation id; returns the correlation ids.
 async fn publish_orders(b: &Broker, from: usize, n: usize) -> Vec<String> {

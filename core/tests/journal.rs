@@ -158,7 +158,7 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 #[tokio::test]
@@ -192,7 +192,7 @@ async fn a_new_journal_has_the_current_layout_and_large_pages() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-    assert_eq!((version, page), (3, 8192));
+    assert_eq!((version, page), (4, 8192));
 }
 
 #[tokio::test]

@@ -1110,7 +1110,7 @@ async fn a_reply_that_arrives_while_stopping_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_beyond_any_date_still_schedules_a_retry() {
+async fn a_retry_after_beyond_any_date_waits_no_longer_than_max_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     // As many milliseconds as an i64 holds: now + this overflows.
@@ -1130,12 +1130,10 @@ async fn a_retry_after_beyond_any_date_still_schedules_a_retry() {
     );
     let accepted = hub.intake.accept(incoming("GB-14")).await.unwrap();
     let id = accepted.message_id.clone();
-    eventually(&path, "a retry scheduled far ahead", move |i| {
+    // Tried again after max_backoff (50 ms), and delivered.
+    eventually(&path, "delivered at the second attempt", move |i| {
         let d = i.show(&id).unwrap().summary.deliveries;
-        d.len() == 1
-            && d[0].state == "pending"
-            && d[0].attempts == 1
-            && d[0].next_attempt_at > nzela_core::runtime::now_millis()
+        d.len() == 1 && d[0].state == "delivered" && d[0].attempts == 2
     })
     .await;
     hub.stop().await;
@@ -1217,4 +1215,76 @@ async fn a_replay_beside_a_busy_journal_waits_for_its_turn() {
         assert!(matches!(r, Ok(1)), "{r:?}");
     }
     journal.close().await;
+}
+
+/// A scripted destination that says at once that it is available again.
+struct BackAtOnce(Arc<Scripted>);
+
+impl Destination for BackAtOnce {
+    fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
+        self.0.send(out)
+    }
+
+    fn available(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_destination_uses_up_no_attempts_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let unavailable = || SendOutcome::Unavailable {
+        error: "not connected to the AMQP broker: connection refused".into(),
+    };
+    // One attempt allowed: only the one that is made counts.
+    let customs = Scripted::with(vec![unavailable(), unavailable(), unavailable()]);
+    let hub = Hub::start(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(
+            settings("customs", 1),
+            Arc::new(BackAtOnce(customs.clone())) as Arc<dyn Destination>,
+        )],
+    );
+    let accepted = hub.intake.accept(incoming("GB-15")).await.unwrap();
+    let id = accepted.message_id.clone();
+    eventually(
+        &path,
+        "delivered after the destination came back",
+        move |i| {
+            let d = i.show(&id).unwrap().summary.deliveries;
+            d.len() == 1 && d[0].state == "delivered"
+        },
+    )
+    .await;
+    assert_eq!(customs.seen().len(), 4);
+    let detail = Inspector::open(&path)
+        .unwrap()
+        .show(&accepted.message_id)
+        .unwrap();
+    assert_eq!(detail.summary.deliveries[0].attempts, 1, "{detail:?}");
+    let waiting: Vec<_> = detail
+        .events
+        .iter()
+        .filter(|e| e.kind == "waiting")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{:?}", detail.events);
+    assert!(
+        waiting[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("not connected to the AMQP broker")),
+        "{waiting:?}"
+    );
+    assert!(
+        !detail.events.iter().any(|e| e.kind == "retry_scheduled"),
+        "{:?}",
+        detail.events
+    );
+    hub.stop().await;
 }

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use nzela_core::runtime::{BoxFuture, CancellationToken, Destination, Outbound, SendOutcome};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::config::{ConnectionSettings, DestinationConfig, header_template_name};
+use super::confirms::{Confirms, Verdict};
 use super::{Reconnect, Session, open, short};
 use crate::template::Templates;
 
@@ -44,22 +45,32 @@ impl std::fmt::Debug for AmqpDestination {
 #[derive(Default)]
 struct Link {
     /// `None` while the broker is away.
-    channel: RwLock<Option<Channel>>,
+    current: RwLock<Option<Arc<Current>>>,
     /// Why there is no channel, for the deliveries that find none.
     error: RwLock<String>,
     /// A publish failed in a way that suggests the channel is gone.
     broken: Notify,
+    /// Whether there is a channel, for [`Destination::available`].
+    connected: watch::Sender<bool>,
+}
+
+/// An open channel in confirm mode, and the confirms of its publishes.
+struct Current {
+    channel: Channel,
+    confirms: Confirms,
 }
 
 impl Link {
-    fn channel(&self) -> Option<Channel> {
-        self.channel.read().ok().and_then(|c| c.clone())
+    fn current(&self) -> Option<Arc<Current>> {
+        self.current.read().ok().and_then(|c| c.clone())
     }
 
-    fn set(&self, channel: Option<Channel>, error: &str) {
-        if let Ok(mut c) = self.channel.write() {
-            *c = channel;
+    fn set(&self, current: Option<Arc<Current>>, error: &str) {
+        let connected = current.is_some();
+        if let Ok(mut c) = self.current.write() {
+            *c = current;
         }
+        self.connected.send_replace(connected);
         if let Ok(mut e) = self.error.write() {
             error.clone_into(&mut e);
         }
@@ -107,6 +118,12 @@ impl AmqpDestination {
         })
     }
 
+    /// Whether a channel is open to publish on.
+    #[cfg(test)]
+    pub(super) fn is_connected(&self) -> bool {
+        self.link.current().is_some()
+    }
+
     async fn publish(&self, out: &Outbound) -> SendOutcome {
         let routing_key = match self
             .templates
@@ -120,17 +137,21 @@ impl AmqpDestination {
             Ok(p) => p,
             Err(error) => return SendOutcome::Permanent { error },
         };
-        let Some(channel) = self.link.channel() else {
-            return transient(format!(
-                "not connected to the AMQP broker: {}",
-                self.link.error()
-            ));
+        let Some(current) = self.link.current() else {
+            // Nothing was sent: the attempt does not count, and the
+            // dispatcher waits for `available`.
+            return SendOutcome::Unavailable {
+                error: format!("not connected to the AMQP broker: {}", self.link.error()),
+            };
         };
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = match channel
+        // Taken before publishing: see `confirms` for why.
+        let ticket = current.confirms.ticket();
+        let confirm = match current
+            .channel
             .basic_publish(
                 self.exchange.clone(),
                 routing_key.clone(),
@@ -142,41 +163,45 @@ impl AmqpDestination {
         {
             Ok(c) => c,
             Err(e) => {
+                // The ticket, dropped untracked, resets the channel.
+                drop(ticket);
                 self.link.broken.notify_one();
                 return transient(format!("cannot publish: {e}"));
             }
         };
-        let confirmation = match tokio::time::timeout(self.confirm_timeout, confirm).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                self.link.broken.notify_one();
-                return transient(format!("the broker did not confirm the message: {e}"));
-            }
+        let verdict = ticket.track(out.delivery_id.clone(), confirm);
+        let verdict = match tokio::time::timeout(self.confirm_timeout, verdict).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) => Verdict::Failed("the channel was closed".to_owned()),
             Err(_) => {
-                return transient(format!(
+                // lapin keeps the confirm until the channel is done with:
+                // a new channel frees it.
+                let error = format!(
                     "the broker did not confirm the message within {:?}",
                     self.confirm_timeout
-                ));
+                );
+                current.confirms.reset(error.clone());
+                return transient(error);
             }
         };
         let (exchange, key) = (self.exchange.as_str(), routing_key.as_str());
-        match confirmation {
-            Confirmation::Ack(None) => {
+        match verdict {
+            Verdict::Delivered => {
                 tracing::debug!(destination = %self.name, delivery_id = %out.delivery_id, exchange, routing_key = key, "confirmed");
                 SendOutcome::Delivered { response: None }
             }
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                transient(format!(
-                    "unroutable: the broker returned the message ({} {}): no queue is bound to the exchange \"{exchange}\" for the routing key \"{key}\"",
-                    returned.reply_code, returned.reply_text
-                ))
-            }
-            Confirmation::Nack(None) => transient(format!(
+            Verdict::Returned {
+                reply_code,
+                reply_text,
+            } => transient(format!(
+                "unroutable: the broker returned the message ({reply_code} {reply_text}): no queue is bound to the exchange \"{exchange}\" for the routing key \"{key}\""
+            )),
+            Verdict::Refused => transient(format!(
                 "the broker refused the message (nack) on the exchange \"{exchange}\""
             )),
-            Confirmation::NotRequested => {
+            Verdict::Failed(why) => {
                 self.link.broken.notify_one();
-                transient("the channel is not in confirm mode".to_owned())
+                transient(why)
             }
         }
     }
@@ -226,6 +251,18 @@ impl Destination for AmqpDestination {
     fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome> {
         Box::pin(self.publish(out))
     }
+
+    /// Resolves once a channel is open.
+    fn available(&self) -> BoxFuture<'_, ()> {
+        let mut connected = self.link.connected.subscribe();
+        Box::pin(async move {
+            // An error means the supervisor is gone: the destination is
+            // being dropped, and never comes back.
+            if connected.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }
 
 fn transient(error: String) -> SendOutcome {
@@ -252,25 +289,30 @@ async fn supervise(
         let wait = match opened {
             Ok(session) => {
                 reconnect.connected("amqp destination", &name, &session.url);
-                link.set(Some(session.channel.clone()), "");
+                let collector = stop.child_token();
+                let current = Arc::new(Current {
+                    channel: session.channel.clone(),
+                    confirms: Confirms::start(collector.clone()),
+                });
+                link.set(Some(current.clone()), "");
                 let why = tokio::select! {
-                    why = watch(&session, &link) => Some(why),
+                    why = watch(&session, &link, &current.confirms) => Some(why),
                     () = stop.cancelled() => None,
                 };
                 link.set(
                     None,
                     why.as_deref().unwrap_or("the destination is stopping"),
                 );
-                match why {
-                    Some(why) => {
-                        let wait = reconnect.lost("amqp destination", &name, &session.url, &why);
-                        session.close().await;
-                        wait
-                    }
-                    None => {
-                        session.close().await;
-                        break;
-                    }
+                drop(current);
+                let wait = why
+                    .as_deref()
+                    .map(|why| reconnect.lost("amqp destination", &name, &session.url, why));
+                session.close().await;
+                // What the closed channel did not confirm fails now.
+                collector.cancel();
+                match wait {
+                    Some(wait) => wait,
+                    None => break,
                 }
             }
             Err(e) => {
@@ -301,13 +343,17 @@ async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, Str
     }
 }
 
-/// Returns, with the reason, once the session is no longer usable.
-async fn watch(session: &Session, link: &Link) -> String {
+/// Returns, with the reason, once the session is no longer usable or a
+/// reset of its channel was asked for.
+async fn watch(session: &Session, link: &Link, confirms: &Confirms) -> String {
     let mut health = tokio::time::interval(HEALTH_CHECK);
+    let reset = confirms.reset_requested();
+    tokio::pin!(reset);
     loop {
         tokio::select! {
             _ = health.tick() => {}
             () = link.broken.notified() => {}
+            why = &mut reset => return why,
         }
         if !session.connection.status().connected() {
             return "the connection was closed".to_owned();

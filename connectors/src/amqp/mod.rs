@@ -8,12 +8,17 @@
 //!
 //! - decodes: committed to the journal ([`Intake::accept`]); only once the
 //!   commit is on disk is the delivery acknowledged (`basic.ack`). If the
-//!   journal cannot take it, `basic.nack` with requeue: the broker keeps
-//!   it and delivers it again.
-//! - does not decode (or is too large): kept in the journal as `rejected`
-//!   with the reason ([`Intake::reject`]), then `basic.reject` without
-//!   requeue, which sends it to the queue's dead-letter exchange when one
-//!   is configured.
+//!   journal cannot take it (a full disk), the delivery stays
+//!   unacknowledged and its commit is tried again with backoff until it
+//!   succeeds (the prefetch bounds how many wait so); it is handed back
+//!   (`basic.nack` with requeue) only when nzela stops or the channel is
+//!   lost. Handing it back at once would have the broker deliver it again
+//!   at once, each time counted against a quorum queue's
+//!   `x-delivery-limit`, past which the broker drops it.
+//! - does not decode (or is too large, or the decoder panics on it): kept
+//!   in the journal as `rejected` with the reason ([`Intake::reject`]),
+//!   then `basic.reject` without requeue, which sends it to the queue's
+//!   dead-letter exchange when one is configured.
 //!
 //! The AMQP `message_id` is the message's idempotency key (a redelivery
 //! after a lost acknowledgement is a duplicate, not a second message); a
@@ -25,7 +30,9 @@
 //! message's `correlation_id`, and its confirm awaited: an ack is
 //! delivered; a nack, a return (no queue bound for the routing key), a
 //! timeout or a lost connection is a transient failure, retried by the
-//! dispatcher.
+//! dispatcher. A return is matched to its publish by its `message_id`,
+//! not by the confirm lapin hands it with (see [`confirms`]). A confirm
+//! that does not come in time resets the channel.
 //!
 //! **Reconnection.** Both sides run a supervisor: when the connection or
 //! the channel is lost (broker restart, network cut, channel error) it
@@ -34,10 +41,11 @@
 //! declares the topology again, and resumes; it logs when the broker is
 //! back. A delivery received and not yet acknowledged when the connection
 //! drops is delivered again by the broker. While the broker is away, the
-//! destination answers "not connected" at once, and deliveries wait in the
-//! journal.
+//! destination answers "unavailable" at once (no attempt is counted), and
+//! deliveries wait in the journal until it is back.
 
 mod config;
+mod confirms;
 mod destination;
 mod incoming;
 mod source;

@@ -26,10 +26,12 @@ use crate::common::{BusinessKey, check_message, limits};
 /// still open, besides noticing it when deliveries stop.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
-/// How long a delivery the journal could not take waits before it is
-/// handed back to the broker, so that a journal outage does not become a
-/// busy loop of redeliveries.
-const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(1);
+/// A delivery the journal could not take is kept (unacknowledged) and its
+/// commit tried again after this, doubling up to [`COMMIT_RETRY_MAX`]:
+/// handing it back would have the broker deliver it again at once, and
+/// count a delivery against the queue's `x-delivery-limit` each time.
+const COMMIT_RETRY: Duration = Duration::from_millis(100);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Bodies up to this size are decoded on the async worker, larger ones on
 /// the blocking pool (as for HTTP endpoints).
@@ -70,7 +72,8 @@ enum Answer {
     Ack,
     /// Not taken (the journal could not, or checking failed): hand it back.
     Requeue,
-    /// Refused and kept as rejected: to the queue's dead-letter exchange.
+    /// Refused and kept as rejected: rejected without requeue (the broker
+    /// dead-letters it if the queue has a dead-letter exchange).
     Reject,
 }
 
@@ -300,6 +303,10 @@ impl AmqpSource {
     ) -> End {
         let mut health = tokio::time::interval(HEALTH_CHECK);
         let source = self.name.as_str();
+        // Cancelled when this channel is done with (lost, or nzela stops):
+        // a delivery still waiting for the journal is then handed back.
+        let done = CancellationToken::new();
+        let _done = done.clone().drop_guard();
         let (answered, mut answers_in) = tokio::sync::mpsc::unbounded_channel();
         let mut answers = Answers::default();
         loop {
@@ -307,6 +314,7 @@ impl AmqpSource {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
+                    done.cancel();
                     let _ = session
                         .channel
                         .basic_cancel(
@@ -366,8 +374,9 @@ impl AmqpSource {
             };
             let reader = self.reader.clone();
             let intake = intake.clone();
+            let done = done.clone();
             handlers.spawn(async move {
-                take(&reader, &intake, delivery, in_hand).await;
+                take(&reader, &intake, delivery, in_hand, &done).await;
                 drop(permit);
             });
         }
@@ -378,18 +387,60 @@ async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery
     std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await
 }
 
-/// Hands a delivery back to the broker (nack with requeue), after a pause
-/// when the journal cannot write: the broker delivers it again.
-async fn hand_back(in_hand: InHand, e: &IntakeError) {
-    if matches!(e, IntakeError::Unavailable(_)) {
-        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+/// Commits a delivery with `commit` (accept or keep as rejected), trying
+/// again with backoff for as long as the journal cannot write: the delivery
+/// stays unacknowledged meanwhile (the prefetch bounds how many). Only when
+/// nzela stops or the channel is lost (`done`) is it handed back. `None`
+/// then, or when the hub is stopping.
+async fn commit<T, F, Fut>(
+    source: &str,
+    what: &str,
+    done: &CancellationToken,
+    mut commit: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, IntakeError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let error = match commit().await {
+            Ok(t) => {
+                if failures > 0 {
+                    tracing::info!(
+                        source,
+                        failures,
+                        "the journal took the {what} it had refused"
+                    );
+                }
+                return Some(t);
+            }
+            Err(IntakeError::ShuttingDown) => return None,
+            Err(e @ IntakeError::Unavailable(_)) => e,
+        };
+        failures = failures.saturating_add(1);
+        let wait = nzela_core::runtime::backoff(failures, COMMIT_RETRY, COMMIT_RETRY_MAX);
+        if failures == 1 {
+            tracing::warn!(source, error = %error, retry_in = ?wait, "the journal cannot take the {what}; it stays unacknowledged and is tried again");
+        } else {
+            tracing::debug!(source, error = %error, retry_in = ?wait, failures, "the journal still cannot take the {what}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = done.cancelled() => return None,
+        }
     }
-    in_hand.answer(Answer::Requeue);
 }
 
 /// One delivery: decoded, committed (or kept as rejected), then answered:
 /// acknowledged, rejected or handed back.
-async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery, in_hand: InHand) {
+async fn take(
+    reader: &Arc<Reader>,
+    intake: &Intake,
+    delivery: Delivery,
+    in_hand: InHand,
+    done: &CancellationToken,
+) {
     let source = reader.source.as_str();
     let Delivery {
         delivery_tag,
@@ -413,26 +464,28 @@ async fn take(reader: &Arc<Reader>, intake: &Intake, delivery: Delivery, in_hand
     };
     match checked {
         Checked::Failed => in_hand.answer(Answer::Requeue),
-        Checked::Good(message) => match intake.accept(message).await {
-            Ok(accepted) => {
-                tracing::debug!(source, message_id = %accepted.message_id, duplicate = accepted.duplicate, delivery_tag, "accepted");
-                in_hand.answer(Answer::Ack);
+        Checked::Good(message) => {
+            match commit(source, "message", done, || intake.accept(message.clone())).await {
+                Some(accepted) => {
+                    tracing::debug!(source, message_id = %accepted.message_id, duplicate = accepted.duplicate, delivery_tag, "accepted");
+                    in_hand.answer(Answer::Ack);
+                }
+                None => in_hand.answer(Answer::Requeue),
             }
-            Err(e) => {
-                tracing::warn!(source, error = %e, "the journal cannot take the message; handing it back to the broker");
-                hand_back(in_hand, &e).await;
+        }
+        Checked::Bad(message, reason) => {
+            let kept = commit(source, "rejected message", done, || {
+                intake.reject(message.clone(), &reason)
+            })
+            .await;
+            match kept {
+                Some(id) => {
+                    tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, and rejected to the broker without requeue (the broker dead-letters it if the queue has a dead-letter exchange)");
+                    in_hand.answer(Answer::Reject);
+                }
+                None => in_hand.answer(Answer::Requeue),
             }
-        },
-        Checked::Bad(message, reason) => match intake.reject(message, &reason).await {
-            Ok(id) => {
-                tracing::warn!(source, message_id = %id, reason, "message rejected: kept in the journal as rejected, sent to the queue's dead-letter exchange");
-                in_hand.answer(Answer::Reject);
-            }
-            Err(e) => {
-                tracing::warn!(source, error = %e, "the journal cannot keep a rejected message; handing it back to the broker");
-                hand_back(in_hand, &e).await;
-            }
-        },
+        }
     }
 }
 
@@ -442,7 +495,7 @@ enum Checked {
     Good(Incoming),
     /// Refused, for this reason.
     Bad(Incoming, String),
-    /// Decoding failed unexpectedly (a panic): hand it back.
+    /// Not checked: the runtime is stopping. Hand it back.
     Failed,
 }
 
@@ -459,18 +512,18 @@ impl Reader {
             return Checked::Bad(message, reason);
         }
         let (mut message, result) = if message.body.len() <= INLINE_DECODE_MAX {
-            let r = self.decode(&message.body);
+            let r = self.decode_caught(&message.body);
             (message, r)
         } else {
             let this = self.clone();
             let task = tokio::task::spawn_blocking(move || {
-                let r = this.decode(&message.body);
+                let r = this.decode_caught(&message.body);
                 (message, r)
             });
             match task.await {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::error!(source = %self.source, error = %e, "decoding a delivery failed unexpectedly");
+                    tracing::warn!(source = %self.source, error = %e, "a delivery was not checked: nzela is stopping");
                     return Checked::Failed;
                 }
             }
@@ -484,10 +537,32 @@ impl Reader {
         }
     }
 
+    /// Decodes a body and reads its business key. A decoder that panics
+    /// does so on this body every time: that is a refusal too, with the
+    /// panic as its reason, not a delivery to hand back forever.
+    fn decode_caught(&self, body: &[u8]) -> Result<Option<String>, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(body))).unwrap_or_else(
+            |panic| {
+                let why = panic_message(panic.as_ref());
+                tracing::error!(source = %self.source, error = %why, "decoding a delivery failed unexpectedly; it is rejected");
+                Err(format!("decoding failed unexpectedly: {why}"))
+            },
+        )
+    }
+
     fn decode(&self, body: &[u8]) -> Result<Option<String>, String> {
         check_message(&self.codec, &self.limits, self.business_key.as_ref(), body)
             .map_err(|e| e.to_string())
     }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no detail".to_owned())
 }
 
 #[cfg(test)]

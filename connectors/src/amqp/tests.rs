@@ -266,7 +266,7 @@ fn base64_decodes_or_refuses() {
 }
 
 #[tokio::test]
-async fn a_destination_without_a_broker_answers_transient_at_once() {
+async fn a_destination_without_a_broker_answers_unavailable_at_once() {
     let c = destination(json!({
         "url": "amqp://guest:guest@127.0.0.1:1/%2f", "connect_timeout": "1s"
     }))
@@ -276,22 +276,28 @@ async fn a_destination_without_a_broker_answers_transient_at_once() {
     let outcome = d.send(&sample()).await;
     assert!(started.elapsed() < Duration::from_secs(1));
     match outcome {
-        SendOutcome::Transient { error, .. } => {
+        SendOutcome::Unavailable { error } => {
             assert!(
                 error.starts_with("not connected to the AMQP broker"),
                 "{error}"
             );
         }
-        other => panic!("expected a transient failure, got {other:?}"),
+        other => panic!("expected the destination unavailable, got {other:?}"),
     }
     // Once the supervisor has tried, the reason names the broker.
     tokio::time::sleep(Duration::from_millis(300)).await;
     match d.send(&sample()).await {
-        SendOutcome::Transient { error, .. } => {
+        SendOutcome::Unavailable { error } => {
             assert!(error.contains("amqp://127.0.0.1:1/%2f"), "{error}");
         }
-        other => panic!("expected a transient failure, got {other:?}"),
+        other => panic!("expected the destination unavailable, got {other:?}"),
     }
+    // It is not available while the broker is away.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), d.available())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -307,5 +313,447 @@ async fn a_routing_key_the_delivery_cannot_fill_is_a_permanent_failure() {
     match d.send(&out).await {
         SendOutcome::Permanent { error } => assert!(error.contains("no business_key"), "{error}"),
         other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+/// A suffix of names no other test uses.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("no RabbitMQ at {URL}: {e}"));
+    let channel = connection.create_channel().await.expect("open a channel");
+    (connection, channel)
+}
+
+/// The message ids waiting on `queue`, read (and removed) one by one.
+async fn drain(channel: &lapin::Channel, queue: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some(m) = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        ids.push(
+            m.properties
+                .message_id()
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    ids
+}
+
+async fn until_connected(d: &AmqpDestination) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !d.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the destination did not connect within 20s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_are_matched_to_their_own_message_among_hundreds_in_flight() {
+    let s = unique();
+    let (exchange, queue) = (format!("t.{s}.confirms"), format!("t.{s}.routable"));
+    let c = destination(json!({
+        "url": URL,
+        "exchange": exchange,
+        "routing_key": "{{ business_key }}",
+        "topology": {
+            "exchanges": [{"name": exchange, "kind": "topic", "durable": false, "auto_delete": true}],
+            "queues": [{"name": queue, "durable": false}],
+            "bindings": [{"queue": queue, "exchange": exchange, "routing_key": "ok.#"}]
+        }
+    }))
+    .unwrap();
+    let d = std::sync::Arc::new(AmqpDestination::build("confirms", &c).await.unwrap());
+    until_connected(&d).await;
+    let (_connection, channel) = broker_channel().await;
+    // Several rounds: the order in which lapin completes the confirms of a
+    // multiple ack varies from one to the next.
+    for round in 0..3 {
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let d = d.clone();
+            sends.spawn(async move {
+                let mut out = sample();
+                out.delivery_id = format!("r{round}-d{i}");
+                out.body = format!("{{\"n\": {i}}}").into_bytes();
+                // Every other message has no queue bound for its key.
+                let routable = i % 2 == 0;
+                out.business_key = Some(format!("{}.{i}", if routable { "ok" } else { "no" }));
+                (out.delivery_id.clone(), routable, d.send(&out).await)
+            });
+        }
+        let mut delivered = std::collections::HashSet::new();
+        while let Some(done) = sends.join_next().await {
+            let (id, routable, outcome) = done.expect("a send task");
+            match (routable, outcome) {
+                (true, SendOutcome::Delivered { .. }) => {
+                    delivered.insert(id);
+                }
+                (false, SendOutcome::Transient { error, .. })
+                    if error.starts_with("unroutable") => {}
+                (routable, other) => {
+                    panic!("{id} (routable: {routable}) was answered {other:?}")
+                }
+            }
+        }
+        let mut on_queue = drain(&channel, &queue).await;
+        on_queue.sort();
+        let mut expected: Vec<String> = delivered.into_iter().collect();
+        expected.sort();
+        assert_eq!(expected.len(), 200, "round {round}");
+        assert_eq!(
+            on_queue, expected,
+            "round {round}: the queue holds exactly the routable ones, once"
+        );
+    }
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = channel
+        .exchange_delete(
+            exchange.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
+
+/// A journal that refuses to commit messages while told to, as a full
+/// disk does, and counts what it refused and took.
+struct Refusing {
+    inner: nzela_core::journal::SqliteJournal,
+    refuse: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicUsize,
+    accepted: std::sync::atomic::AtomicUsize,
+}
+
+mod refusing {
+    use std::sync::atomic::Ordering;
+
+    use nzela_core::journal::{
+        Journal, JournalError, Leased, NewMessage, Outcome, Routing, StoredMessage,
+    };
+    use nzela_core::runtime::{Accepted, BoxFuture};
+
+    use super::Refusing;
+
+    impl Journal for Refusing {
+        fn accept(&self, message: NewMessage) -> BoxFuture<'_, Result<Accepted, JournalError>> {
+            Box::pin(async move {
+                if self.refuse.load(Ordering::Acquire) {
+                    self.refused.fetch_add(1, Ordering::AcqRel);
+                    return Err(JournalError::Storage("database or disk is full".to_owned()));
+                }
+                let accepted = self.inner.accept(message).await?;
+                self.accepted.fetch_add(1, Ordering::AcqRel);
+                Ok(accepted)
+            })
+        }
+        fn reject(
+            &self,
+            message: NewMessage,
+            reason: String,
+        ) -> BoxFuture<'_, Result<String, JournalError>> {
+            self.inner.reject(message, reason)
+        }
+        fn received(
+            &self,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<StoredMessage>, JournalError>> {
+            self.inner.received(limit)
+        }
+        fn record_routing(
+            &self,
+            routings: Vec<Routing>,
+        ) -> BoxFuture<'_, Result<Vec<bool>, JournalError>> {
+            self.inner.record_routing(routings)
+        }
+        fn lease<'a>(
+            &'a self,
+            destination: &'a str,
+            now: i64,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<Leased>, JournalError>> {
+            self.inner.lease(destination, now, limit)
+        }
+        fn record_outcome(
+            &self,
+            delivery_id: String,
+            attempt: u32,
+            outcome: Outcome,
+        ) -> BoxFuture<'_, Result<(), JournalError>> {
+            self.inner.record_outcome(delivery_id, attempt, outcome)
+        }
+        fn next_due<'a>(
+            &'a self,
+            destination: &'a str,
+        ) -> BoxFuture<'a, Result<Option<i64>, JournalError>> {
+            self.inner.next_due(destination)
+        }
+        fn release_leases(&self) -> BoxFuture<'_, Result<usize, JournalError>> {
+            self.inner.release_leases()
+        }
+        fn unlease(
+            &self,
+            leases: Vec<(String, u32)>,
+        ) -> BoxFuture<'_, Result<usize, JournalError>> {
+            self.inner.unlease(leases)
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            self.inner.close()
+        }
+    }
+}
+
+/// Waits, up to `within`, until `ok` holds.
+async fn until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The queue's ready messages and consumers, `None` while it does not exist.
+async fn queue_state(connection: &lapin::Connection, queue: &str) -> Option<(u32, u32)> {
+    // A passive declare of a missing queue closes its channel: one each.
+    let channel = connection.create_channel().await.ok()?;
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = channel.close(200, "done".into()).await;
+    Some((q.message_count(), q.consumer_count()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_cannot_commit_keeps_deliveries_unacknowledged_until_it_can() {
+    use std::sync::atomic::Ordering;
+
+    use nzela_core::journal::Journal;
+    use nzela_core::runtime::router::Feed;
+    use nzela_core::runtime::{CancellationToken, Intake};
+
+    const N: usize = 10;
+    let queue = format!("t.{}.full-journal", unique());
+    let dir = tempfile::tempdir().unwrap();
+    let journal = std::sync::Arc::new(Refusing {
+        inner: nzela_core::journal::SqliteJournal::open(dir.path().join("journal.db")).unwrap(),
+        refuse: true.into(),
+        refused: 0.into(),
+        accepted: 0.into(),
+    });
+    let shutdown = CancellationToken::new();
+    let intake = Intake::new(
+        journal.clone() as std::sync::Arc<dyn Journal>,
+        Feed::default(),
+        shutdown.clone(),
+    );
+    // A quorum queue that drops a message delivered more than 3 times.
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"queues": [{"name": queue, "arguments": {
+            "x-queue-type": "quorum", "x-delivery-limit": 2
+        }}]}
+    }))
+    .unwrap();
+    let source = super::AmqpSource::build("orders", &c).await.unwrap();
+    let running = tokio::spawn(source.run(intake, shutdown.clone()));
+    let (connection, channel) = broker_channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(queue_state(&connection, &queue).await, Some((_, 1))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source did not start consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..N {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                format!("{{\"n\": {i}}}").as_bytes(),
+                BasicProperties::default().with_message_id(format!("m-{i}").into()),
+            )
+            .await
+            .expect("publish");
+    }
+    // Each message is refused many more times than the broker would
+    // deliver it: the commits are tried again without redeliveries.
+    until("4 refusals per message", Duration::from_secs(30), || {
+        journal.refused.load(Ordering::Acquire) >= 4 * N
+    })
+    .await;
+    journal.refuse.store(false, Ordering::Release);
+    until("every message committed", Duration::from_secs(30), || {
+        journal.accepted.load(Ordering::Acquire) >= N
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the source stops")
+        .expect("the source task");
+    // Each committed once, and acknowledged: nothing is left on the queue
+    // (an unacknowledged one would be back there now that the source left).
+    assert_eq!(journal.accepted.load(Ordering::Acquire), N);
+    let inspector = nzela_core::journal::Inspector::open(dir.path().join("journal.db")).unwrap();
+    let listed = inspector
+        .list(&nzela_core::journal::ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), N);
+    assert_eq!(queue_state(&connection, &queue).await, Some((0, 0)));
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+}
+
+/// A TCP proxy to the broker whose open connections can be stalled: what
+/// the broker sends stops reaching nzela, the connections stay open (a
+/// broker that hangs). New connections go through.
+struct StallingProxy {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<tokio::sync::Notify>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start() -> StallingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let links = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    continue;
+                };
+                let stall = std::sync::Arc::new(tokio::sync::Notify::new());
+                links.lock().unwrap().push(stall.clone());
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut broker_in, mut broker_out) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut broker_out).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            r = broker_in.read(&mut buf) => match r {
+                                Ok(n) if n > 0 => n,
+                                _ => return,
+                            },
+                            // Stalled: hold the connection, forward nothing.
+                            () = stall.notified() => std::future::pending().await,
+                        };
+                        if client_out.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StallingProxy {
+            port,
+            stalled,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stalls every connection open now.
+    fn stall(&self) {
+        for link in self.stalled.lock().unwrap().drain(..) {
+            link.notify_one();
+        }
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_that_does_not_come_resets_the_channel() {
+    let exchange = format!("t.{}.stalled", unique());
+    let proxy = StallingProxy::start().await;
+    let c = destination(json!({
+        "url": proxy.url(),
+        "exchange": exchange,
+        "confirm_timeout": "1s",
+        "reconnect_backoff": "50ms",
+        "topology": {"exchanges": [{"name": exchange, "durable": false, "auto_delete": true}]}
+    }))
+    .unwrap();
+    let d = AmqpDestination::build("stalled", &c).await.unwrap();
+    until_connected(&d).await;
+    proxy.stall();
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => {
+            assert!(
+                error.contains("did not confirm the message within 1s"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    // The channel that holds the lost confirm is given up (the stalled
+    // connection would otherwise stay, its heartbeat a minute away), and
+    // a new connection is opened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel was kept after a confirm timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_connected(&d).await;
+    // The new channel works: the broker answers (no queue is bound).
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => assert!(error.starts_with("unroutable"), "{error}"),
+        other => panic!("expected the message returned, got {other:?}"),
     }
 }

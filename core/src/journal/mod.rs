@@ -171,7 +171,8 @@ pub struct Leased {
     pub received_at: i64,
     pub created_at: i64,
     /// Attempts made before the current retry budget started (a replay
-    /// starts a new one), and when it started.
+    /// starts a new one), and when it started (moved later by the time the
+    /// delivery waited for an unavailable destination).
     pub budget_attempts: u32,
     pub budget_since: i64,
 }
@@ -188,6 +189,12 @@ pub enum Outcome {
         error: String,
     },
     Dead {
+        error: String,
+    },
+    /// The attempt could not be made (the destination is unavailable): the
+    /// delivery is pending again, due now, the attempt not counted, and
+    /// the time it waits does not count against its retry budget's age.
+    Waiting {
         error: String,
     },
 }

@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 8192;
 
 /// The layout of the journal, kept in `PRAGMA user_version`.
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 /// Bodies and mapped documents live in tables of their own, written once:
 /// the rows whose state changes (messages, deliveries) stay small, many to
@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     -- replay starts a new one)
     budget_attempts INTEGER NOT NULL DEFAULT 0,
     budget_since    INTEGER NOT NULL,
+    -- since when the delivery waits for its destination to be available
+    -- (that time does not age its retry budget); NULL when it does not
+    waiting_since   INTEGER,
     next_attempt_at INTEGER NOT NULL,
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
@@ -130,6 +133,11 @@ ALTER TABLE documents ADD COLUMN lz4_size INTEGER;
 DROP INDEX IF EXISTS deliveries_state;
 "#;
 
+/// From the third layout: deliveries can wait for their destination.
+const MIGRATE_3_TO_4: &str = r#"
+ALTER TABLE deliveries ADD COLUMN waiting_since INTEGER;
+"#;
+
 /// Creates the tables of a new journal, or brings an older one to the
 /// current layout (in one transaction: all of it or nothing).
 fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
@@ -160,6 +168,11 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), JournalError
     if existing && version < 3 {
         tracing::info!(journal = %path.display(), "packing bodies and documents from now on (journal layout 3)");
         tx.execute_batch(MIGRATE_2_TO_3)
+            .map_err(|e| storage(format!("cannot upgrade {}: {e}", path.display())))?;
+    }
+    if existing && version < 4 {
+        tracing::info!(journal = %path.display(), "deliveries can wait for an unavailable destination (journal layout 4)");
+        tx.execute_batch(MIGRATE_3_TO_4)
             .map_err(|e| storage(format!("cannot upgrade {}: {e}", path.display())))?;
     }
     tx.execute_batch(SCHEMA).map_err(storage)?;
@@ -1008,7 +1021,7 @@ fn lease(
         "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, updated_at = ?2
          WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at LIMIT ?3)
-         RETURNING id, message_id, route, attempts, document_ref, content_type, extension, created_at, budget_attempts, budget_since",
+         RETURNING id, message_id, route, attempts, document_ref, content_type, extension, created_at, budget_attempts, budget_since, waiting_since",
     )?;
     let rows = stmt.query_map(params![destination, now, limit as i64], |r| {
         Ok((
@@ -1022,6 +1035,7 @@ fn lease(
             r.get::<_, i64>(7)?,
             r.get::<_, u32>(8)?,
             r.get::<_, i64>(9)?,
+            r.get::<_, Option<i64>>(10)?,
         ))
     })?;
     let rows = rows.collect::<Result<Vec<_>, _>>()?;
@@ -1037,8 +1051,12 @@ fn lease(
         created_at,
         budget_attempts,
         budget_since,
+        waiting_since,
     ) in rows
     {
+        // The time waiting for the destination does not age the budget.
+        let budget_since =
+            budget_since.saturating_add(waiting_since.map_or(0, |w| now.saturating_sub(w).max(0)));
         let (business_key, correlation_id, received_at, body, lz4_size) = tx
             .prepare_cached(
                 "SELECT m.business_key, m.correlation_id, m.received_at, d.body, d.lz4_size
@@ -1101,11 +1119,13 @@ fn record_outcome(
         Outcome::Delivered { .. } => ("delivered", None, None),
         Outcome::Retry { at, error } => ("pending", Some(*at), Some(error)),
         Outcome::Dead { error } => ("dead", None, Some(error)),
+        Outcome::Waiting { error } => return record_waiting(tx, delivery_id, attempt, error, now),
     };
     // Only the attempt that holds the lease records its outcome.
     let message_id: Option<String> = tx
         .prepare_cached(
-            "UPDATE deliveries SET state = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), updated_at = ?5, last_error = ?6
+            "UPDATE deliveries SET state = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), updated_at = ?5, last_error = ?6,
+                    budget_since = budget_since + COALESCE(MAX(?5 - waiting_since, 0), 0), waiting_since = NULL
              WHERE id = ?1 AND state = 'inflight' AND attempts = ?2
              RETURNING message_id",
         )?
@@ -1157,6 +1177,53 @@ fn record_outcome(
                 &format!("attempt {attempt}: {error}"),
             )?;
         }
+        // Recorded by `record_waiting`.
+        Outcome::Waiting { .. } => {}
+    }
+    Ok(Ok(()))
+}
+
+/// The attempt could not be made: the delivery is pending again, due now,
+/// the attempt not counted. One `waiting` event when it starts to wait,
+/// none while it goes on waiting.
+fn record_waiting(
+    tx: &Transaction<'_>,
+    delivery_id: &str,
+    attempt: u32,
+    error: &str,
+    now: i64,
+) -> Result<Result<(), JournalError>, rusqlite::Error> {
+    let found: Option<(String, Option<i64>)> = tx
+        .prepare_cached(
+            "SELECT message_id, waiting_since FROM deliveries
+             WHERE id = ?1 AND state = 'inflight' AND attempts = ?2",
+        )?
+        .query_row(params![delivery_id, attempt], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((message_id, waiting_since)) = found else {
+        return Ok(Err(JournalError::NotFound(format!(
+            "delivery {delivery_id} is not in flight at attempt {attempt}"
+        ))));
+    };
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, next_attempt_at = ?2,
+                updated_at = ?2, last_error = ?3, waiting_since = COALESCE(waiting_since, ?2)
+         WHERE id = ?1",
+    )?
+    .execute(params![delivery_id, now, error])?;
+    if waiting_since.is_none() {
+        event(
+            tx,
+            &message_id,
+            Some(delivery_id),
+            now,
+            "waiting",
+            &format!(
+                "the destination is unavailable ({error}); the delivery waits for it, no attempt counted"
+            ),
+        )?;
     }
     Ok(Ok(()))
 }
@@ -1610,7 +1677,7 @@ impl Inspector {
         for (delivery, message) in &dead {
             tx.execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
-                        budget_attempts = attempts, budget_since = ?2 WHERE id = ?1",
+                        budget_attempts = attempts, budget_since = ?2, waiting_since = NULL WHERE id = ?1",
                 params![delivery, now],
             )
             .map_err(storage)?;

@@ -1,9 +1,16 @@
 //! Dispatchers: one per destination. Each leases the deliveries that are
 //! due, sends them (a bounded number at a time), and records each outcome:
 //! delivered; failed for now, retried later with exponential backoff and
-//! jitter (honouring the peer's `Retry-After`); or failed for good, and
+//! jitter (honouring the peer's `Retry-After`, up to the longest backoff);
+//! or failed for good, and
 //! dead-lettered with its reason. Destinations are independent: one that is
 //! down holds back nothing else.
+//!
+//! A destination that cannot make an attempt at all (its broker is away:
+//! [`SendOutcome::Unavailable`]) is paused: the delivery is pending again
+//! without an attempt counted, and its time waiting does not age it; the
+//! dispatcher sends nothing more to that destination until it says it can
+//! send again ([`Destination::available`]), or a back-off has passed.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +32,11 @@ use crate::journal::{Journal, JournalError, Leased, Outcome};
 /// How long an idle dispatcher waits before looking at the journal anyway
 /// (an operator's replay, a retry that came due).
 const IDLE: Duration = Duration::from_secs(1);
+
+/// The pause of an unavailable destination: first this, doubling while it
+/// stays away, up to [`AWAY_MAX`], unless it says it is back earlier.
+const AWAY: Duration = Duration::from_secs(1);
+const AWAY_MAX: Duration = Duration::from_secs(30);
 
 /// New deliveries the router hands to a dispatcher in memory, leased to it
 /// in the same transaction that stored them (`inflight`, attempt 1): the
@@ -208,6 +220,21 @@ pub struct Dispatcher {
     journal: Arc<dyn Journal>,
     handoff: Handoff,
     intake: Intake,
+    away: Away,
+}
+
+/// What the attempts tell the dispatcher of the destination's
+/// availability.
+#[derive(Default)]
+struct Away {
+    /// An attempt found the destination unavailable since the dispatcher
+    /// last paused.
+    unavailable: AtomicBool,
+    /// An attempt was made (whatever its outcome) since the dispatcher
+    /// last looked.
+    reached: AtomicBool,
+    /// What the destination last answered when unavailable.
+    why: Mutex<String>,
 }
 
 impl Dispatcher {
@@ -224,6 +251,7 @@ impl Dispatcher {
             journal,
             handoff,
             intake,
+            away: Away::default(),
         }
     }
 
@@ -239,11 +267,37 @@ impl Dispatcher {
         let mut from_journal = true;
         let mut looked = Instant::now();
         let mut turn = false;
+        // Pauses in a row while the destination is unavailable.
+        let mut pauses = 0u32;
         loop {
             // Reap finished attempts (their errors are logged where they happen).
             while inflight.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
+            }
+            let name = &this.settings.name;
+            if this.away.reached.swap(false, Ordering::AcqRel) && pauses > 0 {
+                tracing::info!(destination = %name, "the destination is available again");
+                pauses = 0;
+            }
+            if this.away.unavailable.swap(false, Ordering::AcqRel) {
+                // Its deliveries are pending in the journal, due: nothing
+                // more is sent until it can take them.
+                pauses = pauses.saturating_add(1);
+                let pause = backoff(pauses, AWAY, AWAY_MAX);
+                let why = this.away.why.lock().map(|w| w.clone()).unwrap_or_default();
+                if pauses == 1 {
+                    tracing::warn!(destination = %name, error = %why, "the destination is unavailable; its deliveries wait in the journal until it is back");
+                } else {
+                    tracing::debug!(destination = %name, error = %why, pause = ?pause, "the destination is still unavailable");
+                }
+                tokio::select! {
+                    () = this.destination.available() => {}
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                from_journal = true;
+                continue;
             }
             let free = slots.available_permits();
             if free == 0 {
@@ -393,6 +447,9 @@ impl Dispatcher {
         };
         drop(send);
         drop(slot);
+        if !matches!(result, SendOutcome::Unavailable { .. }) {
+            self.away.reached.store(true, Ordering::Release);
+        }
         let (message_id, route, destination, delivery_id, attempt) = (
             &out.message_id,
             &out.route,
@@ -415,6 +472,14 @@ impl Dispatcher {
                 tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "delivery failed for good; dead-lettered");
                 Outcome::Dead { error }
             }
+            SendOutcome::Unavailable { error } => {
+                tracing::debug!(%message_id, %route, %destination, %delivery_id, attempt, %error, "the destination is unavailable; the delivery waits");
+                if let Ok(mut why) = self.away.why.lock() {
+                    why.clone_from(&error);
+                }
+                self.away.unavailable.store(true, Ordering::Release);
+                Outcome::Waiting { error }
+            }
             SendOutcome::Transient { error, retry_after } => {
                 let now = now_millis();
                 let tries = attempt.saturating_sub(d.budget_attempts);
@@ -428,8 +493,7 @@ impl Dispatcher {
                     tracing::error!(%message_id, %route, %destination, %delivery_id, attempt, %error, "dead-lettered");
                     Outcome::Dead { error }
                 } else {
-                    let wait = backoff(tries, s.retry.initial_backoff, s.retry.max_backoff)
-                        .max(retry_after.unwrap_or_default());
+                    let wait = retry_wait(&s.retry, tries, retry_after);
                     let at =
                         now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     tracing::warn!(%message_id, %route, %destination, %delivery_id, attempt, %error, retry_in = ?wait, "delivery failed; will retry");
@@ -448,9 +512,11 @@ impl Dispatcher {
                 .await
             {
                 Ok(()) => {
-                    if let Outcome::Retry { at, .. } = &outcome {
+                    match &outcome {
                         // The dispatcher looks at the journal when it is due.
-                        self.handoff.retry_at(*at);
+                        Outcome::Retry { at, .. } => self.handoff.retry_at(*at),
+                        Outcome::Waiting { .. } => self.handoff.retry_at(now_millis()),
+                        _ => {}
                     }
                     break;
                 }
@@ -491,10 +557,53 @@ impl Dispatcher {
     }
 }
 
+/// The wait before the next attempt after `tries` failed ones: the
+/// backoff, or longer when the peer asks so (`Retry-After`), but never
+/// longer than `max_backoff`: a peer asking for a day does not park a
+/// delivery for a day.
+fn retry_wait(policy: &RetryPolicy, tries: u32, retry_after: Option<Duration>) -> Duration {
+    let asked = retry_after.unwrap_or_default().min(policy.max_backoff);
+    backoff(tries, policy.initial_backoff, policy.max_backoff).max(asked)
+}
+
 async fn wait(wakeup: &Wakeup, shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         () = wakeup.wait() => {}
         () = tokio::time::sleep(d) => {}
         () = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{RetryPolicy, retry_wait};
+
+    #[test]
+    fn retry_after_is_honoured_up_to_max_backoff() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            ..RetryPolicy::default()
+        };
+        // A day asked for: five minutes, the longest wait allowed.
+        assert_eq!(
+            retry_wait(&policy, 1, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(300)
+        );
+        // Within the limit, the peer's wish when longer than the backoff.
+        assert_eq!(
+            retry_wait(&policy, 1, Some(Duration::from_secs(120))),
+            Duration::from_secs(120)
+        );
+        // Shorter than the backoff, or not given: the backoff.
+        for asked in [None, Some(Duration::from_millis(10))] {
+            let wait = retry_wait(&policy, 3, asked);
+            assert!(
+                wait >= Duration::from_secs(2) && wait <= Duration::from_secs(4),
+                "{wait:?}"
+            );
+        }
     }
 }

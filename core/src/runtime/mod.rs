@@ -199,6 +199,12 @@ pub enum SendOutcome {
     /// Will never work as it is (other 4xx, a refused document): the
     /// delivery is dead-lettered, the original message kept.
     Permanent { error: String },
+    /// The attempt could not be made at all: the destination is away (no
+    /// connection to its broker), and nothing was sent. The attempt does
+    /// not count against the delivery's retry budget, its time waiting does
+    /// not age it, and the dispatcher pauses the destination until
+    /// [`Destination::available`] says it can send again.
+    Unavailable { error: String },
 }
 
 /// A destination's answer, which can become a new message (request/reply).
@@ -214,6 +220,14 @@ pub trait Destination: Send + Sync + 'static {
     /// Makes one attempt. Implementations bound the attempt with their own
     /// timeout and never panic on what the peer answers.
     fn send<'a>(&'a self, out: &'a Outbound) -> BoxFuture<'a, SendOutcome>;
+
+    /// Resolves when a destination that answered
+    /// [`SendOutcome::Unavailable`] may be able to send again (its
+    /// connection is back). The default never resolves: the dispatcher
+    /// then tries again after a back-off of its own.
+    fn available(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A path into a decoded message (`order.order_id`), for the values a
