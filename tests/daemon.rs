@@ -505,6 +505,74 @@ fn a_refused_delivery_is_dead_lettered_then_replayed_once() {
     assert_eq!(peer.received().len(), 2);
 }
 
+#[test]
+fn a_delivery_whose_mapping_failed_is_mapped_again_once_fixed_and_replayed() {
+    let hub = Hub::new();
+    let mapping_file = hub.path("order-note.yaml");
+    let broken = "name: order-note\ninput: json\noutput: json\nfields:\n  order: order.order_id\n  reference: { path: order.reference, required: true }\n";
+    fs::write(&mapping_file, broken).unwrap();
+    let outbox = hub.path("out/notes");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            http_source("marketplace_orders", ORDERS_PATH, ""),
+            file_outbox("notes", &outbox, "{{ business_key }}.json"),
+            format!(
+                "\n[routes.order_note]\nfrom = \"marketplace_orders\"\nmapping = {}\nto = \"notes\"\n",
+                lit(&mapping_file)
+            ),
+        ]
+        .concat(),
+    );
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("REMAP-1")).unwrap());
+    let dead = deliveries_in(&d, &id, 1, "dead");
+    let delivery = dead[0]["id"].as_str().unwrap().to_owned();
+
+    // Replayed before the mapping is fixed: mapped again, dead again.
+    let replay = d.nzela(&["messages", "replay", &id]);
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        replay
+            .stdout
+            .contains(&format!("requeued delivery {delivery}, to be mapped again")),
+        "{}",
+        replay.stdout
+    );
+    d.wait_for("the delivery mapped again and dead again", || {
+        let v = d.show(&id)?;
+        let events = v["events"].as_array()?;
+        let failures = events
+            .iter()
+            .filter(|e| e["kind"] == "mapping_failed")
+            .count();
+        (failures == 2 && v["deliveries"][0]["state"] == "dead").then_some(())
+    });
+
+    // The operator fixes the mapping, restarts nzela and replays.
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(10));
+    assert!(status.success(), "{}", d.dump());
+    fs::write(
+        &mapping_file,
+        broken.replace("required: true", "default: \"none\""),
+    )
+    .unwrap();
+    d.restart();
+    let replay = d.nzela(&["messages", "replay", &id]);
+    assert!(replay.status.success(), "{replay:?}");
+    let delivered = deliveries_in(&d, &id, 1, "delivered");
+    assert_eq!(
+        delivered[0]["id"],
+        json!(delivery),
+        "the delivery keeps its id"
+    );
+    let written: Value =
+        serde_json::from_slice(&fs::read(outbox.join("REMAP-1.json")).unwrap()).unwrap();
+    assert_eq!(written, json!({"order": "REMAP-1", "reference": "none"}));
+    assert_eq!(folder(&outbox).0.len(), 1, "one document, written once");
+}
+
 // ---------------------------------------------------------------------------
 // 5. Duplicates
 

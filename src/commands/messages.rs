@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nzela_core::journal::{DeliverySummary, Inspector, ListFilter, MessageDetail, MessageSummary};
+use nzela_core::journal::{
+    DeliverySummary, Inspector, ListFilter, MessageDetail, MessageSummary, Replayed,
+};
 use serde_json::json;
 
 use super::EXIT_CONFIG;
@@ -149,14 +151,20 @@ pub fn replay(journal: &Path, key: &str) -> ExitCode {
         }
     };
     if requeued.is_empty() {
-        eprintln!("nothing to replay: \"{key}\" names no dead-lettered delivery");
+        eprintln!(
+            "nothing to replay: \"{key}\" names no dead-lettered delivery and no unrouted message"
+        );
         return ExitCode::FAILURE;
     }
-    for d in &requeued {
-        println!("requeued delivery {d}");
+    for r in &requeued {
+        match r {
+            Replayed::Delivery(d) => println!("requeued delivery {d}"),
+            Replayed::Remap(d) => println!("requeued delivery {d}, to be mapped again"),
+            Replayed::Message(m) => println!("requeued message {m}, to be routed again"),
+        }
     }
     println!(
-        "{} delivery(ies) requeued; a running nzela sends them within seconds",
+        "{} requeued; a running nzela maps and sends them within seconds",
         requeued.len()
     );
     ExitCode::SUCCESS
