@@ -1071,6 +1071,10 @@ fn line_with(text: &str, needle: &str) -> usize {
 fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     let hub = Hub::new();
     let missing_mapping = hub.path("mappings/no-such-mapping.yaml");
+    let missing_ca = format!(
+        "tls = {{ ca_file = {} }}\n",
+        lit(&hub.path("no-such-ca.pem"))
+    );
     let text = [
         top(&hub, "5s"),
         http_source("marketplace_orders", ORDERS_PATH, ""),
@@ -1089,12 +1093,20 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
             "\n[routes.order_to_commerce]\nfrom = \"marketplace_orders\"\nmapping = {}\nto = \"customs_outbox\"\n",
             lit(&missing_mapping)
         ),
+        "\n[destinations.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"soon\"\n".to_owned(),
+        format!(
+            "\n[destinations.secure]\ntype = \"http\"\nurl = \"https://127.0.0.1:9/\"\n{missing_ca}"
+        ),
     ]
     .concat();
     let bad = hub.config("bad.toml", &text);
     let bad_arg = bad.to_str().unwrap();
     let expected = [
         (line_with(&text, "poll_intervall"), "poll_intervall"),
+        // A value that does not read names its setting, on its line.
+        (line_with(&text, "\"soon\""), "destinations.api.timeout"),
+        // What building a destination would read is read.
+        (line_with(&text, "no-such-ca.pem"), "no-such-ca.pem"),
         (line_with(&text, "\"custom_outbox\""), "custom_outbox"),
         (
             line_with(&text, "no-such-mapping.yaml"),
@@ -1120,6 +1132,31 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
         "{}",
         check.stderr
     );
+    // A source that does not read is reported once, not again by the
+    // routes that name it.
+    assert!(
+        !check
+            .stderr
+            .contains("no source named \"marketplace_inbox\""),
+        "{}",
+        check.stderr
+    );
+    // A value set through the environment is blamed on its variable.
+    let from_env = run_bounded(
+        hub.dir(),
+        &[("NZELA__LOG__FORMAT".to_owned(), "xml".to_owned())],
+        &["check", "--config", bad_arg],
+        DEADLINE,
+    );
+    assert!(
+        from_env
+            .stderr
+            .lines()
+            .any(|l| l.contains("log.format")
+                && l.contains("environment variable NZELA__LOG__FORMAT")),
+        "{}",
+        from_env.stderr
+    );
 
     // `nzela run` makes the same checks and does not start.
     let run = run_bounded(hub.dir(), &[], &["run", "--config", bad_arg], DEADLINE);
@@ -1141,7 +1178,9 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     let fixed = text
         .replace("poll_intervall", "poll_interval")
         .replace("\"custom_outbox\"", "\"customs_outbox\"")
-        .replace(&lit(&missing_mapping), &lit(&mapping(UBL_MAPPING)));
+        .replace(&lit(&missing_mapping), &lit(&mapping(UBL_MAPPING)))
+        .replace("\"soon\"", "\"5s\"")
+        .replace(&missing_ca, "");
     let good = hub.config("good.toml", &fixed);
     let check = run_bounded(
         hub.dir(),
