@@ -214,15 +214,21 @@ struct Loader<'a> {
     text: &'a str,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// Named sections (`sources.NAME`) that were written but could not be
+    /// read: their problem is reported once, and what names them is not
+    /// reported again as naming nothing.
+    broken: Vec<String>,
 }
 
 impl Loader<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
-        let line = line_of(self.text, key);
+        if !key.is_empty() {
+            return self.problem_near(key, message);
+        }
         self.problems.push(Problem {
             file: self.file.to_owned(),
-            line,
-            key: (!key.is_empty()).then(|| key.to_owned()),
+            line: None,
+            key: None,
             message: message.into(),
         });
     }
@@ -241,7 +247,7 @@ impl Loader<'_> {
     /// when it can be told.
     /// The top-level table `key`, taken out of `top`: its defaults when it
     /// is absent, and when it is broken (the problem is recorded).
-    fn table_or_default<T: for<'de> Deserialize<'de> + Default>(
+    fn table_or_default<T: Section + Default>(
         &mut self,
         top: &mut serde_json::Map<String, Json>,
         key: &str,
@@ -251,20 +257,121 @@ impl Loader<'_> {
             .unwrap_or_default()
     }
 
-    fn section<T: for<'de> Deserialize<'de>>(&mut self, key: &str, value: Json) -> Option<T> {
-        match serde_json::from_value::<T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let message = e.to_string();
-                let field = quoted_field(&message).map(|f| format!("{key}.{f}"));
-                let at = field
-                    .filter(|f| line_of(self.text, f).is_some())
-                    .unwrap_or_else(|| key.to_owned());
-                self.problem(&at, tidy_serde_message(&message));
-                None
-            }
+    fn section<T: Section>(&mut self, key: &str, value: Json) -> Option<T> {
+        let error = match serde_json::from_value::<T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = error.to_string();
+        let mut at = key.to_owned();
+        if let Some(path) = T::locate(value) {
+            at = format!("{at}.{path}");
+        }
+        // "unknown field `x`" and "missing field `x`" name the field inside
+        // the table they were found at.
+        if (message.starts_with("unknown field") || message.starts_with("missing field"))
+            && let Some(f) = quoted_field(&message)
+        {
+            at = format!("{at}.{f}");
+        }
+        self.problem_near(&at, tidy_serde_message(&message));
+        None
+    }
+
+    /// A problem at `key`, on the line of the key or, when the key is not
+    /// written in the file (a missing setting, an index into a list), of
+    /// the nearest table that is; from an environment variable when one set
+    /// the key.
+    fn problem_near(&mut self, key: &str, message: impl Into<String>) {
+        let mut line = None;
+        let mut near = key;
+        while line.is_none() && !near.is_empty() {
+            line = line_of(self.text, near);
+            near = near.rfind(['.', '[']).map_or("", |i| &near[..i]);
+        }
+        let mut message = message.into();
+        if let Some(var) = env_variable_for(key) {
+            line = None;
+            message = format!("{message} (set by the environment variable {var})");
+        }
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            key: Some(key.to_owned()),
+            message,
+        });
+    }
+}
+
+/// A section of the configuration, and how to tell which of its settings
+/// a problem is at.
+trait Section: for<'de> Deserialize<'de> {
+    /// The path (`retry.max_attempts`) of the setting that does not read,
+    /// inside the section's table.
+    fn locate(value: Json) -> Option<String> {
+        path_of::<Self>(value)
+    }
+}
+
+/// The path serde stopped at when reading `value` as a `T`.
+fn path_of<T: for<'de> Deserialize<'de>>(value: Json) -> Option<String> {
+    let error = serde_path_to_error::deserialize::<_, T>(value).err()?;
+    let path = error.path().to_string();
+    (path != ".").then_some(path)
+}
+
+/// A tagged table's settings without its `type`, and that type.
+fn untagged(mut value: Json) -> Option<(String, Json)> {
+    let ty = value.as_object_mut()?.remove("type")?;
+    Some((ty.as_str()?.to_owned(), value))
+}
+
+impl Section for JournalConfig {}
+impl Section for LogConfig {}
+impl Section for DeliveryConfig {}
+impl Section for RouteConfig {}
+
+// A tagged enum reads its table whole before its variant: the path of a
+// setting is found by reading the table as the type's own settings.
+impl Section for SourceConfig {
+    fn locate(value: Json) -> Option<String> {
+        use nzela_connectors::{amqp, file, http_server};
+        let (ty, value) = untagged(value)?;
+        match ty.as_str() {
+            "http_server" => path_of::<http_server::Config>(value),
+            "file" => path_of::<file::SourceConfig>(value),
+            "amqp" => path_of::<amqp::SourceConfig>(value),
+            _ => None,
         }
     }
+}
+
+impl Section for DestinationConfig {
+    fn locate(value: Json) -> Option<String> {
+        use nzela_connectors::{amqp, file, http_client};
+        let (ty, value) = untagged(value)?;
+        match ty.as_str() {
+            "http" => path_of::<http_client::Config>(value),
+            "file" => path_of::<file::DestinationConfig>(value),
+            "amqp" => path_of::<amqp::DestinationConfig>(value),
+            _ => None,
+        }
+    }
+}
+
+/// The environment variable that sets `key` (`log.format` is set by
+/// `NZELA__LOG__FORMAT`), when one is set.
+fn env_variable_for(key: &str) -> Option<String> {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    std::env::vars_os().find_map(|(name, _)| {
+        let name = name.into_string().ok()?;
+        let rest = name.strip_prefix(&prefix)?;
+        let path = rest.to_lowercase().replace(ENV_SEPARATOR, ".");
+        (key == path
+            || key.starts_with(&format!("{path}."))
+            || path.starts_with(&format!("{key}.")))
+        .then_some(name)
+    })
 }
 
 /// Loads and checks the configuration file (with environment overrides).
@@ -282,6 +389,7 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
         text: &text,
         problems: Vec::new(),
         warnings: Vec::new(),
+        broken: Vec::new(),
     };
     let merged = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
@@ -391,7 +499,7 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
     }
     for (name, route) in &routes {
         for s in route.from.names() {
-            if !source_names.contains(&s) {
+            if !source_names.contains(&s) && !l.broken.contains(&format!("sources.{s}")) {
                 l.problem(
                     &format!("routes.{name}.from"),
                     format!("no source named \"{s}\" (sources: {})", list(&source_names)),
@@ -400,7 +508,7 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
             used_sources.push(s);
         }
         for d in route.to.names() {
-            if !destinations.contains_key(&d) {
+            if !destinations.contains_key(&d) && !l.broken.contains(&format!("destinations.{d}")) {
                 let names: Vec<String> = destinations.keys().cloned().collect();
                 l.problem(
                     &format!("routes.{name}.to"),
@@ -497,7 +605,7 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
 
 /// Reads `[<kind>.<name>]` sections one by one, so that every broken one
 /// is reported.
-fn named_sections<T: for<'de> Deserialize<'de>>(
+fn named_sections<T: Section>(
     l: &mut Loader<'_>,
     top: &mut serde_json::Map<String, Json>,
     kind: &str,
@@ -507,15 +615,20 @@ fn named_sections<T: for<'de> Deserialize<'de>>(
         None => {}
         Some(Json::Object(entries)) => {
             for (name, value) in entries {
+                let key = format!("{kind}.{name}");
                 if !is_name(&name) {
                     l.problem(
-                        &format!("{kind}.{name}"),
+                        &key,
                         format!("\"{name}\" cannot be a name: use letters, digits, '_' and '-'"),
                     );
+                    l.broken.push(key);
                     continue;
                 }
-                if let Some(v) = l.section::<T>(&format!("{kind}.{name}"), value) {
-                    out.insert(name, v);
+                match l.section::<T>(&key, value) {
+                    Some(v) => {
+                        out.insert(name, v);
+                    }
+                    None => l.broken.push(key),
                 }
             }
         }
@@ -532,6 +645,14 @@ fn check_connectors(
     sources: &BTreeMap<String, SourceConfig>,
     destinations: &BTreeMap<String, DestinationConfig>,
 ) {
+    // What building a destination reads from files.
+    for (name, d) in destinations {
+        if let DestinationConfig::Http(h) = d
+            && let Err(e) = nzela_connectors::http_client::check_files(h)
+        {
+            l.problem(&format!("destinations.{name}.tls.ca_file"), e);
+        }
+    }
     // Two HTTP endpoints on one address cannot share a path.
     let mut endpoints: Vec<(String, String, String)> = Vec::new();
     for (name, s) in sources {

@@ -505,6 +505,74 @@ fn a_refused_delivery_is_dead_lettered_then_replayed_once() {
     assert_eq!(peer.received().len(), 2);
 }
 
+#[test]
+fn a_delivery_whose_mapping_failed_is_mapped_again_once_fixed_and_replayed() {
+    let hub = Hub::new();
+    let mapping_file = hub.path("order-note.yaml");
+    let broken = "name: order-note\ninput: json\noutput: json\nfields:\n  order: order.order_id\n  reference: { path: order.reference, required: true }\n";
+    fs::write(&mapping_file, broken).unwrap();
+    let outbox = hub.path("out/notes");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            http_source("marketplace_orders", ORDERS_PATH, ""),
+            file_outbox("notes", &outbox, "{{ business_key }}.json"),
+            format!(
+                "\n[routes.order_note]\nfrom = \"marketplace_orders\"\nmapping = {}\nto = \"notes\"\n",
+                lit(&mapping_file)
+            ),
+        ]
+        .concat(),
+    );
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("REMAP-1")).unwrap());
+    let dead = deliveries_in(&d, &id, 1, "dead");
+    let delivery = dead[0]["id"].as_str().unwrap().to_owned();
+
+    // Replayed before the mapping is fixed: mapped again, dead again.
+    let replay = d.nzela(&["messages", "replay", &id]);
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        replay
+            .stdout
+            .contains(&format!("requeued delivery {delivery}, to be mapped again")),
+        "{}",
+        replay.stdout
+    );
+    d.wait_for("the delivery mapped again and dead again", || {
+        let v = d.show(&id)?;
+        let events = v["events"].as_array()?;
+        let failures = events
+            .iter()
+            .filter(|e| e["kind"] == "mapping_failed")
+            .count();
+        (failures == 2 && v["deliveries"][0]["state"] == "dead").then_some(())
+    });
+
+    // The operator fixes the mapping, restarts nzela and replays.
+    let (status, _) = d.signal_and_wait("-TERM", Duration::from_secs(10));
+    assert!(status.success(), "{}", d.dump());
+    fs::write(
+        &mapping_file,
+        broken.replace("required: true", "default: \"none\""),
+    )
+    .unwrap();
+    d.restart();
+    let replay = d.nzela(&["messages", "replay", &id]);
+    assert!(replay.status.success(), "{replay:?}");
+    let delivered = deliveries_in(&d, &id, 1, "delivered");
+    assert_eq!(
+        delivered[0]["id"],
+        json!(delivery),
+        "the delivery keeps its id"
+    );
+    let written: Value =
+        serde_json::from_slice(&fs::read(outbox.join("REMAP-1.json")).unwrap()).unwrap();
+    assert_eq!(written, json!({"order": "REMAP-1", "reference": "none"}));
+    assert_eq!(folder(&outbox).0.len(), 1, "one document, written once");
+}
+
 // ---------------------------------------------------------------------------
 // 5. Duplicates
 
@@ -1003,6 +1071,10 @@ fn line_with(text: &str, needle: &str) -> usize {
 fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     let hub = Hub::new();
     let missing_mapping = hub.path("mappings/no-such-mapping.yaml");
+    let missing_ca = format!(
+        "tls = {{ ca_file = {} }}\n",
+        lit(&hub.path("no-such-ca.pem"))
+    );
     let text = [
         top(&hub, "5s"),
         http_source("marketplace_orders", ORDERS_PATH, ""),
@@ -1021,12 +1093,20 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
             "\n[routes.order_to_commerce]\nfrom = \"marketplace_orders\"\nmapping = {}\nto = \"customs_outbox\"\n",
             lit(&missing_mapping)
         ),
+        "\n[destinations.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"soon\"\n".to_owned(),
+        format!(
+            "\n[destinations.secure]\ntype = \"http\"\nurl = \"https://127.0.0.1:9/\"\n{missing_ca}"
+        ),
     ]
     .concat();
     let bad = hub.config("bad.toml", &text);
     let bad_arg = bad.to_str().unwrap();
     let expected = [
         (line_with(&text, "poll_intervall"), "poll_intervall"),
+        // A value that does not read names its setting, on its line.
+        (line_with(&text, "\"soon\""), "destinations.api.timeout"),
+        // What building a destination would read is read.
+        (line_with(&text, "no-such-ca.pem"), "no-such-ca.pem"),
         (line_with(&text, "\"custom_outbox\""), "custom_outbox"),
         (
             line_with(&text, "no-such-mapping.yaml"),
@@ -1052,6 +1132,31 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
         "{}",
         check.stderr
     );
+    // A source that does not read is reported once, not again by the
+    // routes that name it.
+    assert!(
+        !check
+            .stderr
+            .contains("no source named \"marketplace_inbox\""),
+        "{}",
+        check.stderr
+    );
+    // A value set through the environment is blamed on its variable.
+    let from_env = run_bounded(
+        hub.dir(),
+        &[("NZELA__LOG__FORMAT".to_owned(), "xml".to_owned())],
+        &["check", "--config", bad_arg],
+        DEADLINE,
+    );
+    assert!(
+        from_env
+            .stderr
+            .lines()
+            .any(|l| l.contains("log.format")
+                && l.contains("environment variable NZELA__LOG__FORMAT")),
+        "{}",
+        from_env.stderr
+    );
 
     // `nzela run` makes the same checks and does not start.
     let run = run_bounded(hub.dir(), &[], &["run", "--config", bad_arg], DEADLINE);
@@ -1073,7 +1178,9 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     let fixed = text
         .replace("poll_intervall", "poll_interval")
         .replace("\"custom_outbox\"", "\"customs_outbox\"")
-        .replace(&lit(&missing_mapping), &lit(&mapping(UBL_MAPPING)));
+        .replace(&lit(&missing_mapping), &lit(&mapping(UBL_MAPPING)))
+        .replace("\"soon\"", "\"5s\"")
+        .replace(&missing_ca, "");
     let good = hub.config("good.toml", &fixed);
     let check = run_bounded(
         hub.dir(),

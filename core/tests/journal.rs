@@ -2,7 +2,7 @@
 //! date without losing anything.
 
 use nzela_core::journal::{
-    Document, Inspector, Journal, NewDelivery, NewMessage, Routing, SqliteJournal,
+    Document, Inspector, Journal, NewDelivery, NewMessage, Replayed, Routing, SqliteJournal,
 };
 use nzela_core::runtime::Incoming;
 use rusqlite::Connection;
@@ -143,9 +143,15 @@ async fn a_journal_of_the_first_layout_is_upgraded_with_everything_in_it() {
         ]
     );
     assert_eq!(detail.summary.deliveries.len(), 3);
-    // A dead delivery with a document can be replayed; one whose mapping
-    // failed (no document) cannot.
-    assert_eq!(inspector.replay("m-routed").unwrap(), ["d-dead"]);
+    // A dead delivery with a document is sent again; one whose mapping
+    // failed (no document) is mapped again first.
+    assert_eq!(
+        inspector.replay("m-routed").unwrap(),
+        [
+            Replayed::Delivery("d-dead".into()),
+            Replayed::Remap("d-failed".into())
+        ]
+    );
     drop(inspector);
 
     let journal = SqliteJournal::open(&path).unwrap();
@@ -599,4 +605,242 @@ async fn a_large_body_is_packed_and_read_back_whole() {
     let stored = stored_sizes(&path, "message_bodies");
     assert_eq!(stored[0].1, Some(body.len() as i64));
     assert!(stored[0].0 * 10 < body.len() as i64, "{stored:?}");
+}
+
+fn delivery(id: &str, route: &str, destination: &str, document: Result<&str, &str>) -> NewDelivery {
+    NewDelivery {
+        id: id.into(),
+        route: route.into(),
+        destination: destination.into(),
+        document: document
+            .map(|body| Document {
+                body: body.as_bytes().to_vec(),
+                content_type: "application/xml".into(),
+                extension: "xml".into(),
+            })
+            .map_err(str::to_owned),
+        leased: false,
+    }
+}
+
+fn routed(message_id: &str, deliveries: Vec<NewDelivery>) -> Routing {
+    let mut routes: Vec<String> = deliveries.iter().map(|d| d.route.clone()).collect();
+    routes.dedup();
+    Routing {
+        message_id: message_id.to_owned(),
+        deliveries,
+        routes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_delivery_whose_mapping_failed_is_mapped_again_and_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let id = journal.accept(order_message()).await.unwrap().message_id;
+    let first = routed(
+        &id,
+        vec![
+            delivery("d-customs", "to_customs", "customs", Ok("<Declaration/>")),
+            delivery(
+                "d-commerce",
+                "to_commerce",
+                "commerce",
+                Err("seller.niu is required"),
+            ),
+        ],
+    );
+    assert_eq!(journal.record_routing(vec![first]).await.unwrap(), [true]);
+    assert!(journal.received(10).await.unwrap().is_empty());
+    // The daemon runs on; an operator replays the message.
+    let inspector = Inspector::open(&path).unwrap();
+    assert_eq!(
+        inspector.replay(&id).unwrap(),
+        [Replayed::Remap("d-commerce".into())]
+    );
+    let states = |inspector: &Inspector| {
+        let mut states: Vec<(String, String)> = inspector
+            .show(&id)
+            .unwrap()
+            .summary
+            .deliveries
+            .into_iter()
+            .map(|d| (d.id, d.state))
+            .collect();
+        states.sort();
+        states
+    };
+    let pair = |id: &str, state: &str| (id.to_owned(), state.to_owned());
+    assert_eq!(
+        states(&inspector),
+        [pair("d-commerce", "remap"), pair("d-customs", "pending")]
+    );
+    // The router reads it again and maps every route anew (new ids); the
+    // mapping still fails.
+    let again = journal.received(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, id);
+    let failing = routed(
+        &id,
+        vec![
+            delivery("d-2", "to_customs", "customs", Ok("<Declaration/>")),
+            delivery(
+                "d-3",
+                "to_commerce",
+                "commerce",
+                Err("seller.tin is required"),
+            ),
+        ],
+    );
+    assert_eq!(
+        journal.record_routing(vec![failing]).await.unwrap(),
+        [false]
+    );
+    assert_eq!(
+        states(&inspector),
+        [pair("d-commerce", "dead"), pair("d-customs", "pending")]
+    );
+    let detail = inspector.show(&id).unwrap();
+    let last = detail
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind == "dead_lettered")
+        .unwrap();
+    assert_eq!(last.detail.as_deref(), Some("seller.tin is required"));
+    // Replayed again, once the mapping is fixed: the delivery keeps its id
+    // and takes the new document; nothing of the first routing is doubled.
+    assert_eq!(
+        inspector.replay("d-commerce").unwrap(),
+        [Replayed::Remap("d-commerce".into())]
+    );
+    assert_eq!(journal.received(10).await.unwrap().len(), 1);
+    let fixed = routed(
+        &id,
+        vec![
+            delivery("d-4", "to_customs", "customs", Ok("<Declaration/>")),
+            delivery("d-5", "to_commerce", "commerce", Ok("<Order/>")),
+        ],
+    );
+    assert_eq!(journal.record_routing(vec![fixed]).await.unwrap(), [false]);
+    assert!(journal.received(10).await.unwrap().is_empty());
+    let commerce = journal.lease("commerce", i64::MAX, 10).await.unwrap();
+    assert_eq!(commerce.len(), 1);
+    assert_eq!(commerce[0].id, "d-commerce");
+    assert_eq!(commerce[0].document.body, b"<Order/>");
+    let customs = journal.lease("customs", i64::MAX, 10).await.unwrap();
+    let customs: Vec<&str> = customs.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(customs, ["d-customs"]);
+    let detail = inspector.show(&id).unwrap();
+    assert_eq!(detail.summary.deliveries.len(), 2);
+    assert!(
+        detail
+            .events
+            .iter()
+            .any(|e| e.kind == "mapped" && e.delivery_id.as_deref() == Some("d-commerce")),
+        "{:?}",
+        detail.events
+    );
+    journal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_unrouted_message_is_routed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let id = journal.accept(order_message()).await.unwrap().message_id;
+    assert_eq!(
+        journal
+            .record_routing(vec![routed(&id, vec![])])
+            .await
+            .unwrap(),
+        [true]
+    );
+    let inspector = Inspector::open(&path).unwrap();
+    assert_eq!(inspector.show(&id).unwrap().summary.state, "unrouted");
+    assert_eq!(
+        inspector.replay(&id).unwrap(),
+        [Replayed::Message(id.clone())]
+    );
+    assert_eq!(journal.received(10).await.unwrap().len(), 1);
+    let now_routed = routed(
+        &id,
+        vec![delivery("d-1", "new_route", "customs", Ok("<x/>"))],
+    );
+    assert_eq!(
+        journal.record_routing(vec![now_routed]).await.unwrap(),
+        [true]
+    );
+    let leased = journal.lease("customs", i64::MAX, 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    // Nothing left to replay.
+    assert!(inspector.replay(&id).unwrap().is_empty());
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn the_business_key_makes_a_duplicate_unless_the_sender_gives_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SqliteJournal::open(dir.path().join("j.db")).unwrap();
+    let message = |input: Option<&str>, sender: Option<&str>, key: &str| {
+        NewMessage::from(Incoming {
+            source: "orders".into(),
+            body: b"{}".to_vec(),
+            input_key: input.map(str::to_owned),
+            idempotency_key: sender.map(str::to_owned),
+            business_key: Some(key.to_owned()),
+            ..Default::default()
+        })
+    };
+    let first = journal
+        .accept(message(Some("file:a.json"), None, "GB-1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // Another input with the same business key.
+    let again = journal
+        .accept(message(Some("file:b.json"), None, "GB-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.message_id.as_str(), again.duplicate),
+        (first.message_id.as_str(), true)
+    );
+    // The same input read again, whatever it now says.
+    let reread = journal
+        .accept(message(Some("file:a.json"), None, "GB-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reread.message_id.as_str(), reread.duplicate),
+        (first.message_id.as_str(), true)
+    );
+    // The sender's own key decides: a new key is a new message.
+    let keyed = journal
+        .accept(message(None, Some("k-1"), "GB-1"))
+        .await
+        .unwrap();
+    assert!(!keyed.duplicate);
+    let keyed_again = journal
+        .accept(message(None, Some("k-1"), "GB-3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (keyed_again.message_id.as_str(), keyed_again.duplicate),
+        (keyed.message_id.as_str(), true)
+    );
+    // Another source's business keys are its own.
+    let other = journal
+        .accept(NewMessage::from(Incoming {
+            source: "other".into(),
+            body: b"{}".to_vec(),
+            business_key: Some("GB-1".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    journal.close().await;
 }

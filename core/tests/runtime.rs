@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nzela_core::journal::{
     Document, Inspector, Journal, JournalError, JournalOptions, Leased, ListFilter, NewDelivery,
-    NewMessage, Outcome, Routing, SqliteJournal, StoredMessage,
+    NewMessage, Outcome, Replayed, Routing, SqliteJournal, StoredMessage,
 };
 use nzela_core::mapping::{Condition, Mapping};
 use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, Handoff, RetryPolicy};
@@ -734,7 +734,7 @@ async fn permanent_failures_are_dead_lettered_and_replayed_on_demand() {
     assert_eq!(dead.route, "to_customs");
     // The peer is fixed (the script is empty now): a replay delivers.
     let requeued = inspector.replay(&accepted.message_id).unwrap();
-    assert_eq!(requeued, std::slice::from_ref(&dead.id));
+    assert_eq!(requeued, [Replayed::Delivery(dead.id.clone())]);
     let id = accepted.message_id.clone();
     eventually(&path, "replayed delivery delivered", move |i| {
         i.show(&id)
@@ -849,8 +849,30 @@ async fn mapping_errors_dead_letter_and_unmatched_messages_are_kept() {
     assert!(bad.events.iter().any(|e| e.kind == "mapping_failed"));
     let other = inspector.show(&other.message_id).unwrap();
     assert_eq!(other.summary.state, "unrouted");
-    // A mapping error cannot be replayed into success: there is no document.
-    assert!(inspector.replay(&bad.summary.id).unwrap().is_empty());
+    // Replayed, the delivery is mapped again by the running router: the
+    // order still has no NIU, so it is dead again, under the same id, with
+    // a second failure in its trail.
+    let delivery = bad.summary.deliveries[0].id.clone();
+    assert_eq!(
+        inspector.replay(&bad.summary.id).unwrap(),
+        [Replayed::Remap(delivery.clone())]
+    );
+    let id = bad.summary.id.clone();
+    eventually(&path, "mapped again and dead again", |i| {
+        let d = i.show(&id).unwrap();
+        let failures = d
+            .events
+            .iter()
+            .filter(|e| e.kind == "mapping_failed")
+            .count();
+        failures == 2 && d.summary.deliveries[0].state == "dead"
+    })
+    .await;
+    let again = inspector.show(&id).unwrap();
+    assert_eq!(again.summary.deliveries.len(), 1);
+    assert_eq!(again.summary.deliveries[0].id, delivery);
+    assert_eq!(again.summary.state, "routed");
+    assert!(customs.seen().is_empty());
     hub.stop().await;
 }
 

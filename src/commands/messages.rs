@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nzela_core::journal::{DeliverySummary, Inspector, ListFilter, MessageDetail, MessageSummary};
+use nzela_core::journal::{
+    DeliverySummary, Inspector, ListFilter, MessageDetail, MessageSummary, Replayed,
+};
 use serde_json::json;
 
 use super::{EXIT_CONFIG, finish};
@@ -169,17 +171,23 @@ pub fn replay(journal: &Path, key: &str) -> ExitCode {
         }
     };
     if requeued.is_empty() {
-        eprintln!("nothing to replay: \"{key}\" names no dead-lettered delivery");
+        eprintln!(
+            "nothing to replay: \"{key}\" names no dead-lettered delivery and no unrouted message"
+        );
         return ExitCode::FAILURE;
     }
     let mut out = super::stdout();
     let written = requeued
         .iter()
-        .try_for_each(|d| writeln!(out, "requeued delivery {d}"))
+        .try_for_each(|r| match r {
+            Replayed::Delivery(d) => writeln!(out, "requeued delivery {d}"),
+            Replayed::Remap(d) => writeln!(out, "requeued delivery {d}, to be mapped again"),
+            Replayed::Message(m) => writeln!(out, "requeued message {m}, to be routed again"),
+        })
         .and_then(|()| {
             writeln!(
                 out,
-                "{} delivery(ies) requeued; a running nzela sends them within seconds",
+                "{} requeued; a running nzela maps and sends them within seconds",
                 requeued.len()
             )
         });

@@ -79,6 +79,7 @@ pub(crate) fn incoming(source: &str, r: Received<'_>) -> (Incoming, Option<Strin
         headers,
         correlation_id: text(p.correlation_id()).filter(|c| !c.is_empty()),
         idempotency_key: None,
+        input_key: None,
         business_key: None,
     };
     let structured = message

@@ -51,7 +51,7 @@ struct Listed {
 }
 
 impl Listed {
-    fn idempotency_key(&self) -> String {
+    fn input_key(&self) -> String {
         let nanos = self
             .mtime
             .duration_since(UNIX_EPOCH)
@@ -253,7 +253,8 @@ impl FileSource {
             content_type: Some(self.reader.codec.format().content_type().to_owned()),
             headers: vec![("file".to_owned(), file.name.clone())],
             correlation_id: None,
-            idempotency_key: Some(file.idempotency_key()),
+            idempotency_key: None,
+            input_key: Some(file.input_key()),
             business_key,
         };
         let accepted = match intake.accept(incoming).await {

@@ -288,6 +288,40 @@ async fn a_file_read_again_after_a_crash_is_a_duplicate() {
 }
 
 #[tokio::test]
+async fn a_file_with_the_business_key_of_an_earlier_one_is_a_duplicate() {
+    let mut inbox = start(json!({"business_key": "order.order_id"})).await;
+    inbox.drop_file("first.json", br#"{"order": {"order_id": "GB-9"}}"#);
+    wait_for("the first file in done/", || {
+        inbox.done().join("first.json").exists()
+    })
+    .await;
+    // The same order again, under another name and with other bytes.
+    inbox.drop_file(
+        "again.json",
+        br#"{"order": {"order_id": "GB-9", "note": "resent"}}"#,
+    );
+    inbox.drop_file("other.json", br#"{"order": {"order_id": "GB-10"}}"#);
+    wait_for("both later files in done/", || {
+        names(&inbox.done()).len() == 3
+    })
+    .await;
+    let mut keys: Vec<Option<String>> = inbox
+        .messages()
+        .into_iter()
+        .map(|m| m.business_key)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [Some("GB-10".to_owned()), Some("GB-9".to_owned())],
+        "the resent order was journaled again"
+    );
+    // Routed once: only the first and the other order wait for the router.
+    assert_eq!(inbox.journal.received(10).await.unwrap().len(), 2);
+    inbox.stop().await;
+}
+
+#[tokio::test]
 async fn a_file_stays_in_the_inbox_when_the_journal_cannot_take_it() {
     let mut inbox = start(json!({})).await;
     inbox.journal.close().await;

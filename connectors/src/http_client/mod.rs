@@ -20,6 +20,7 @@ mod config;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::time::Duration;
 
 use nzela_core::runtime::{BoxFuture, Destination, Outbound, Reply, SendOutcome};
@@ -110,19 +111,7 @@ impl HttpClient {
                 let pem = tokio::fs::read(path)
                     .await
                     .map_err(|e| format!("`tls.ca_file`: cannot read {}: {e}", path.display()))?;
-                let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    format!(
-                        "`tls.ca_file`: {} is not a PEM certificate file: {e}",
-                        path.display()
-                    )
-                })?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "`tls.ca_file`: {} holds no PEM certificate",
-                        path.display()
-                    ));
-                }
-                builder = builder.tls_certs_merge(certs);
+                builder = builder.tls_certs_merge(certificates(path, &pem)?);
             }
             if tls.insecure_skip_verify {
                 tracing::warn!(
@@ -417,4 +406,34 @@ fn error_chain(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The certificates of the PEM file `path` holds (`pem`), or why there are
+/// none.
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<Certificate>, String> {
+    let certs = Certificate::from_pem_bundle(pem).map_err(|e| {
+        format!(
+            "`tls.ca_file`: {} is not a PEM certificate file: {e}",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "`tls.ca_file`: {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// What building the destination would find wrong in its files, without
+/// building it (for `nzela check`): the `tls.ca_file` must be a readable
+/// PEM file with at least one certificate.
+pub fn check_files(config: &Config) -> Result<(), String> {
+    if let Some(path) = config.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("`tls.ca_file`: cannot read {}: {e}", path.display()))?;
+        certificates(path, &pem)?;
+    }
+    Ok(())
 }

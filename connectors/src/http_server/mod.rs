@@ -329,6 +329,7 @@ async fn receive(
         headers: kept_headers(&parts.headers),
         correlation_id: header_text(&parts.headers, "x-correlation-id"),
         idempotency_key: header_text(&parts.headers, "idempotency-key"),
+        input_key: None,
         business_key,
     };
     match intake.accept(incoming).await {

@@ -12,7 +12,10 @@
 //!   sender, e.g. to a dead-letter exchange: kept with the reason);
 //! - a **delivery**: one route's mapped document for one destination, with
 //!   its state — `pending` (due at `next_attempt_at`), `inflight` (leased by
-//!   a dispatcher), `delivered` or `dead` — its attempt count and last error;
+//!   a dispatcher), `delivered`, `dead`, or `remap` (its mapping had failed
+//!   and an operator replayed it: its message is `received` again, and the
+//!   next routing fills in its document, keeping its id) — its attempt
+//!   count and last error;
 //! - an **event** trail per message: received, duplicate, routed, unrouted,
 //!   mapped, mapping failed, attempt N, delivered, retry scheduled,
 //!   dead-lettered, replayed. The trail answers "where is message X?". The
@@ -33,8 +36,10 @@
 //!    deliveries (or marks it `unrouted`): it is routed exactly once.
 //! 4. A delivery's id never changes: every attempt, and a replay, carries the
 //!    same id, which destinations send as the idempotency key.
-//! 5. A duplicate (same source and idempotency or business key) is
-//!    acknowledged with the first message's id and never routed again.
+//! 5. A duplicate (same source and the sender's idempotency key, the
+//!    source's key for the same input, or, when the sender gave no key, the
+//!    same business key) is acknowledged with the first message's id and
+//!    never routed again.
 //!
 //! What survives a crash, at each step:
 //!
@@ -62,7 +67,7 @@ use std::fmt;
 
 pub use sqlite::{
     DeliverySummary, EventRecord, Inspector, JournalOptions, ListFilter, MessageDetail,
-    MessageSummary, SqliteJournal,
+    MessageSummary, Replayed, SqliteJournal,
 };
 
 use crate::runtime::{Accepted, BoxFuture, Incoming};
@@ -79,17 +84,22 @@ pub struct NewMessage {
     pub body: Vec<u8>,
     pub correlation_id: Option<String>,
     pub business_key: Option<String>,
-    /// Identifies a resend of the same message from the same source.
+    /// Identifies a resend of the same message from the same source: the
+    /// sender's own key, or the source's key for this very input.
     pub dedup_key: Option<String>,
+    /// A message from the same source with the same business key is a
+    /// duplicate too: the sender gave no key of its own.
+    pub dedup_by_business_key: bool,
 }
 
 impl From<Incoming> for NewMessage {
     fn from(i: Incoming) -> Self {
-        let dedup_key = match (&i.idempotency_key, &i.business_key) {
-            (Some(k), _) => Some(format!("idempotency:{k}")),
-            (None, Some(k)) => Some(format!("business:{k}")),
-            (None, None) => None,
-        };
+        let dedup_key = i
+            .idempotency_key
+            .as_ref()
+            .or(i.input_key.as_ref())
+            .map(|k| format!("idempotency:{k}"));
+        let dedup_by_business_key = i.idempotency_key.is_none() && i.business_key.is_some();
         NewMessage {
             id: new_id(),
             source: i.source,
@@ -100,6 +110,7 @@ impl From<Incoming> for NewMessage {
             correlation_id: i.correlation_id,
             business_key: i.business_key,
             dedup_key,
+            dedup_by_business_key,
         }
     }
 }

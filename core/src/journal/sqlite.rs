@@ -818,29 +818,44 @@ fn accept(
     body: &Packed,
     now: i64,
 ) -> Result<Accepted, rusqlite::Error> {
+    // `IS NOT NULL` says in the text what the partial indexes need (the
+    // writer's plans do not look at bound values).
+    let mut first: Option<(String, String)> = None;
     if let Some(key) = &m.dedup_key {
-        let first: Option<String> = tx
-            // `IS NOT NULL` says in the text what the partial index needs
-            // (the writer's plans do not look at bound values).
+        first = tx
             .prepare_cached(
                 "SELECT id FROM messages WHERE source = ?1 AND dedup_key = ?2 AND dedup_key IS NOT NULL",
             )?
             .query_row(params![m.source, key], |r| r.get(0))
-            .optional()?;
-        if let Some(first) = first {
-            event(
-                tx,
-                &first,
-                None,
-                now,
-                "duplicate",
-                &format!("received again from {} ({key}); not routed again", m.source),
-            )?;
-            return Ok(Accepted {
-                message_id: first,
-                duplicate: true,
-            });
-        }
+            .optional()?
+            .map(|id| (id, key.clone()));
+    }
+    if first.is_none()
+        && m.dedup_by_business_key
+        && let Some(key) = &m.business_key
+    {
+        first = tx
+            .prepare_cached(
+                "SELECT id FROM messages WHERE business_key = ?1 AND business_key IS NOT NULL
+                 AND source = ?2 AND state <> 'rejected' LIMIT 1",
+            )?
+            .query_row(params![key, m.source], |r| r.get(0))
+            .optional()?
+            .map(|id| (id, format!("business key {key}")));
+    }
+    if let Some((first, key)) = first {
+        event(
+            tx,
+            &first,
+            None,
+            now,
+            "duplicate",
+            &format!("received again from {} ({key}); not routed again", m.source),
+        )?;
+        return Ok(Accepted {
+            message_id: first,
+            duplicate: true,
+        });
     }
     insert_message(tx, m, body, m.dedup_key.as_deref(), MessageState::Received)?;
     // The trail's "received" event is the row itself (see `Inspector::show`):
@@ -896,7 +911,9 @@ fn insert_message(
     Ok(())
 }
 
-/// Records one routing; `false` if the message was routed already.
+/// Records one routing. `false` if its deliveries were not stored as
+/// given: the message was routed already, or it is routed again only to
+/// map the deliveries an operator replayed (see [`remap`]).
 fn route(tx: &Transaction<'_>, r: &PackedRouting, now: i64) -> Result<bool, rusqlite::Error> {
     let PackedRouting {
         routing: r,
@@ -915,6 +932,18 @@ fn route(tx: &Transaction<'_>, r: &PackedRouting, now: i64) -> Result<bool, rusq
     if changed == 0 {
         // Routed already (from the journal and from memory, or by an
         // earlier run): route once only.
+        return Ok(false);
+    }
+    let remaps: Vec<(String, String, String)> = tx
+        .prepare_cached(
+            "SELECT id, route, destination FROM deliveries WHERE message_id = ?1 AND state = 'remap'",
+        )?
+        .query_map([&r.message_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    if !remaps.is_empty() {
+        remap(tx, r, lz4_sizes, &remaps, now)?;
         return Ok(false);
     }
     if r.deliveries.is_empty() {
@@ -961,6 +990,70 @@ fn route(tx: &Transaction<'_>, r: &PackedRouting, now: i64) -> Result<bool, rusq
         }
     }
     Ok(true)
+}
+
+/// Fills in the deliveries an operator replayed after their mapping failed
+/// (state `remap`) from a new routing of their message: each keeps its id
+/// and takes the document its route and destination now map to, `pending`
+/// (sent by its dispatcher from the journal), or is dead-lettered again
+/// with why. The routing's other deliveries are not stored: what the
+/// message's first routing made stays as it is.
+fn remap(
+    tx: &Transaction<'_>,
+    r: &Routing,
+    lz4_sizes: &[Option<i64>],
+    remaps: &[(String, String, String)],
+    now: i64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached("UPDATE messages SET state = 'routed' WHERE id = ?1")?
+        .execute([&r.message_id])?;
+    for (id, route, destination) in remaps {
+        let mapped = r
+            .deliveries
+            .iter()
+            .zip(lz4_sizes)
+            .find(|(d, _)| &d.route == route && &d.destination == destination);
+        let error = match mapped {
+            Some((d, lz4_size)) => match &d.document {
+                Ok(doc) => {
+                    let document_ref = insert_document(tx, &doc.body, *lz4_size)?;
+                    tx.prepare_cached(
+                        "UPDATE deliveries SET state = 'pending', document_ref = ?2, content_type = ?3, extension = ?4,
+                                next_attempt_at = ?5, updated_at = ?5, last_error = NULL
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, document_ref, doc.content_type, doc.extension, now])?;
+                    event(
+                        tx,
+                        &r.message_id,
+                        Some(id),
+                        now,
+                        "mapped",
+                        &format!("route {route} for {destination}: mapped again"),
+                    )?;
+                    continue;
+                }
+                Err(e) => {
+                    event(
+                        tx,
+                        &r.message_id,
+                        Some(id),
+                        now,
+                        "mapping_failed",
+                        &format!("route {route} for {destination}: {e}"),
+                    )?;
+                    e.clone()
+                }
+            },
+            None => format!("the route {route} no longer sends this message to {destination}"),
+        };
+        tx.prepare_cached(
+            "UPDATE deliveries SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, now, error])?;
+        event(tx, &r.message_id, Some(id), now, "dead_lettered", &error)?;
+    }
+    Ok(())
 }
 
 /// Takes messages whose body is damaged on disk out of the way of routing:
@@ -1365,7 +1458,7 @@ impl Inspector {
                 sql.push_str(" AND m.state = 'rejected'");
                 None
             }
-            Some("pending") => Some("d.state IN ('pending', 'inflight')"),
+            Some("pending") => Some("d.state IN ('pending', 'inflight', 'remap')"),
             Some("dead") => Some("d.state = 'dead'"),
             Some("delivered") => Some("d.state = 'delivered'"),
             Some(other) => {
@@ -1651,9 +1744,13 @@ impl Inspector {
     }
 
     /// Makes the dead deliveries of a message (or one dead delivery, by its
-    /// id) pending again, due now, with a new retry budget. Returns the
-    /// delivery ids requeued.
-    pub fn replay(&self, id: &str) -> Result<Vec<String>, JournalError> {
+    /// id) pending again, due now, with a new retry budget. A delivery
+    /// whose mapping failed has no document: it waits as `remap`, and its
+    /// message is routed again (as `received`) so that the router maps it
+    /// with the mappings of the running configuration. A message that no
+    /// route matched (`unrouted`) is routed again too. Returns what was
+    /// requeued.
+    pub fn replay(&self, id: &str) -> Result<Vec<Replayed>, JournalError> {
         // Immediate: the write lock is taken (waiting for the daemon's
         // writer, up to the busy timeout) before anything is read. A
         // deferred transaction that read first could not upgrade while the
@@ -1663,33 +1760,82 @@ impl Inspector {
         let now = now_millis();
         let mut stmt = tx
             .prepare(
-                "SELECT id, message_id FROM deliveries WHERE state = 'dead' AND document_ref IS NOT NULL AND (id = ?1 OR message_id = ?1)",
+                "SELECT id, message_id, document_ref IS NOT NULL FROM deliveries
+                 WHERE state = 'dead' AND (id = ?1 OR message_id = ?1)",
             )
             .map_err(storage)?;
         let dead = stmt
             .query_map([id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
             })
             .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         drop(stmt);
-        for (delivery, message) in &dead {
+        let mut replayed = Vec::new();
+        for (delivery, message, mapped) in dead {
+            let (state, detail) = if mapped {
+                ("pending", "requeued by an operator")
+            } else {
+                ("remap", "requeued by an operator, to be mapped again")
+            };
             tx.execute(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
+                "UPDATE deliveries SET state = ?3, next_attempt_at = ?2, updated_at = ?2,
                         budget_attempts = attempts, budget_since = ?2, waiting_since = NULL WHERE id = ?1",
-                params![delivery, now],
+                params![delivery, now, state],
             )
             .map_err(storage)?;
+            if !mapped {
+                tx.execute(
+                    "UPDATE messages SET state = 'received' WHERE id = ?1 AND state = 'routed'",
+                    [&message],
+                )
+                .map_err(storage)?;
+            }
             tx.execute(
-                "INSERT INTO events (message_id, delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, 'replayed', 'requeued by an operator')",
-                params![message, delivery, now],
+                "INSERT INTO events (message_id, delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, 'replayed', ?4)",
+                params![message, delivery, now, detail],
             )
             .map_err(storage)?;
+            replayed.push(if mapped {
+                Replayed::Delivery(delivery)
+            } else {
+                Replayed::Remap(delivery)
+            });
+        }
+        // A message no route matched, named by its id: routed again.
+        let unrouted = tx
+            .execute(
+                "UPDATE messages SET state = 'received' WHERE id = ?1 AND state = 'unrouted'",
+                [id],
+            )
+            .map_err(storage)?;
+        if unrouted > 0 {
+            tx.execute(
+                "INSERT INTO events (message_id, at, kind, detail) VALUES (?1, ?2, 'replayed', 'requeued by an operator, to be routed again')",
+                params![id, now],
+            )
+            .map_err(storage)?;
+            replayed.push(Replayed::Message(id.to_owned()));
         }
         tx.commit().map_err(storage)?;
-        Ok(dead.into_iter().map(|(d, _)| d).collect())
+        Ok(replayed)
     }
+}
+
+/// What [`Inspector::replay`] requeued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// A dead delivery, sent again.
+    Delivery(String),
+    /// A delivery whose mapping failed, mapped again and then sent.
+    Remap(String),
+    /// A message no route matched, routed again.
+    Message(String),
 }
 
 #[cfg(test)]

@@ -543,6 +543,7 @@ impl Dispatcher {
             headers: reply.headers,
             correlation_id: Some(out.message_id.clone()),
             idempotency_key: Some(format!("reply:{}", out.delivery_id)),
+            input_key: None,
             business_key: out.business_key.clone(),
         };
         // The journal stays open while the dispatchers drain: an answer

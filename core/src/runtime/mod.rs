@@ -50,9 +50,13 @@ pub struct Incoming {
     /// `message_id`): a second message from the same source with the same
     /// key is a duplicate.
     pub idempotency_key: Option<String>,
+    /// The source's own key for this very input (a file, by name, size and
+    /// time): what a restart reads again is recognised as a duplicate.
+    /// Unlike the sender's key, it leaves the business key in force.
+    pub input_key: Option<String>,
     /// The business key read from the message (an order number): used to
-    /// find the message, and as the duplicate key when there is no
-    /// idempotency key.
+    /// find the message, and as a duplicate key when the sender gives no
+    /// idempotency key of its own.
     pub business_key: Option<String>,
 }
 

@@ -257,8 +257,11 @@ impl Router {
                             if recorded {
                                 handoff.give(d);
                             } else {
-                                // Routed already: this delivery was not stored.
+                                // Not stored as leased: routed already, or
+                                // routed again to map a replayed delivery,
+                                // which its dispatcher reads from the journal.
                                 handoff.cancel(d.document.body.len());
+                                handoff.wake();
                             }
                         }
                     }
