@@ -34,10 +34,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::{Confirmation, PublisherConfirm};
 use nzela_core::runtime::CancellationToken;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 /// What the broker made of one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,13 +344,14 @@ async fn collect(
     stop: CancellationToken,
 ) {
     let mut book = Book::default();
-    let mut confirms: JoinSet<(u64, lapin::Result<Confirmation>)> = JoinSet::new();
+    // Polled by the collector itself: no task per publish.
+    let mut confirms = FuturesUnordered::new();
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Track { ticket, message_id, confirm, verdict }) => {
                     if book.track(ticket, message_id, verdict) {
-                        confirms.spawn(async move { (ticket, confirm.await) });
+                        confirms.push(async move { (ticket, confirm.await) });
                     }
                 }
                 Some(Event::Void { ticket }) => {
@@ -363,10 +364,10 @@ async fn collect(
                 }
                 None => break,
             },
-            Some(done) = confirms.join_next(), if !confirms.is_empty() => {
+            Some((ticket, done)) = confirms.next(), if !confirms.is_empty() => {
                 let tickets = shared.tickets.load(Ordering::Acquire);
-                let (ticket, confirmed) = match done {
-                    Ok((ticket, Ok(c))) => {
+                let confirmed = match done {
+                    Ok(c) => {
                         let (confirmed, returned) = match c {
                             Confirmation::Ack(r) => (Confirmed::Ack, r),
                             Confirmation::Nack(r) => (Confirmed::Nack, r),
@@ -379,19 +380,10 @@ async fn collect(
                             let id = r.properties.message_id().as_ref().map(|i| i.to_string());
                             book.returned(id, (r.reply_code, r.reply_text.to_string()), tickets);
                         }
-                        (ticket, confirmed)
+                        confirmed
                     }
-                    Ok((ticket, Err(e))) => (
-                        ticket,
-                        Confirmed::Failed(format!("the broker did not confirm the message: {e}")),
-                    ),
                     Err(e) => {
-                        // A confirm task cannot panic; if one did, what it
-                        // carried is lost: reset.
-                        let why = format!("a confirm could not be read: {e}");
-                        book.poison(&why);
-                        shared.reset(why);
-                        continue;
+                        Confirmed::Failed(format!("the broker did not confirm the message: {e}"))
                     }
                 };
                 book.confirmed(ticket, confirmed, tickets);
