@@ -40,7 +40,7 @@ echo "nzela RSS before: $(rss) KiB"
 start=$(date +%s.%N)
 t0=$(ticks)
 ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
-  wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
+  ${WRK_WRAP:-} wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
   "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
 accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")

@@ -90,7 +90,8 @@ enum MessagesCommand {
         /// Only messages with a delivery on this route.
         #[arg(long)]
         route: Option<String>,
-        /// Only the message with this id, business key or correlation id.
+        /// Only the message with this id, business key, correlation id or
+        /// delivery id.
         #[arg(long)]
         key: Option<String>,
         /// At most this many.

@@ -2,7 +2,8 @@
 //! date without losing anything.
 
 use nzela_core::journal::{
-    Document, Inspector, Journal, NewDelivery, NewMessage, Replayed, Routing, SqliteJournal,
+    Document, Inspector, Journal, ListFilter, NewDelivery, NewMessage, Replayed, Routing,
+    SqliteJournal,
 };
 use nzela_core::runtime::Incoming;
 use rusqlite::Connection;
@@ -263,6 +264,29 @@ async fn a_message_routed_twice_keeps_the_deliveries_of_the_first_routing() {
         .collect();
     assert_eq!(ids, ["d-first"]);
     assert_eq!(detail.summary.deliveries[0].attempts, 1);
+    // A delivery id (the `Idempotency-Key` or `message_id` a receiver saw)
+    // finds its message, in a list as in `show`.
+    let inspector = Inspector::open(&path).unwrap();
+    assert_eq!(inspector.find("d-first").unwrap(), [id.clone()]);
+    let listed = inspector
+        .list(&ListFilter {
+            key: Some("d-first".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    let none = inspector
+        .list(&ListFilter {
+            key: Some("d-second".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(none.is_empty(), "a delivery never recorded found {none:?}");
 }
 
 /// The second layout: bodies and documents in tables of their own, every

@@ -1441,7 +1441,8 @@ impl Inspector {
         if let Some(key) = &filter.key {
             args.push(key.clone());
             sql.push_str(&format!(
-                " AND (m.id = ?{0} OR m.business_key = ?{0} OR m.correlation_id = ?{0})",
+                " AND (m.id = ?{0} OR m.business_key = ?{0} OR m.correlation_id = ?{0}
+                   OR m.id IN (SELECT message_id FROM deliveries WHERE id = ?{0}))",
                 args.len()
             ));
         }
