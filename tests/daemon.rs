@@ -376,6 +376,70 @@ fn inbox_files_are_taken_once_complete_and_refused_files_are_explained() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn inbox_entries_that_cannot_be_taken_are_warned_about_once_each() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let hub = Hub::new();
+    let inbox = hub.path("in");
+    fs::create_dir_all(&inbox).unwrap();
+    let elsewhere = hub.path("elsewhere.json");
+    fs::write(&elsewhere, order("LINKED")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, inbox.join("link.json")).unwrap();
+    let latin1 = inbox.join(OsStr::from_bytes(b"commande-\xE9t\xE9.json"));
+    fs::write(&latin1, order("LATIN1")).unwrap();
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            format!(
+                "\n[sources.inbox]\ntype = \"file\"\npath = {}\nformat = \"json\"\npattern = \"*.json\"\npoll_interval = \"50ms\"\nsettle = \"100ms\"\n",
+                lit(&inbox)
+            ),
+        ]
+        .concat(),
+    );
+    let d = Daemon::start(hub.dir(), &config, &[], &[]);
+    // A file that can be taken is, meanwhile.
+    let staging = hub.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("order.json"), order("PLAIN")).unwrap();
+    fs::rename(staging.join("order.json"), inbox.join("order.json")).unwrap();
+    d.wait_for("order.json in done/", || {
+        inbox.join("done/order.json").is_file().then_some(())
+    });
+    // Twenty polls and more.
+    thread::sleep(Duration::from_millis(1500));
+
+    let lines = d.stderr();
+    let warned = |needle: &str, why: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains("not taken from the inbox")
+                    && l.contains(needle)
+                    && l.contains(why)
+            })
+            .count()
+    };
+    let link = inbox.join("link.json");
+    assert_eq!(
+        warned(link.to_str().unwrap(), "symbolic link"),
+        1,
+        "{}",
+        d.dump()
+    );
+    let latin1_shown = latin1.to_string_lossy().into_owned();
+    assert_eq!(warned(&latin1_shown, "not UTF-8"), 1, "{}", d.dump());
+    // Both are left where they are; the link's target is untouched.
+    assert!(fs::symlink_metadata(&link).is_ok() && latin1.is_file());
+    assert_eq!(fs::read(&elsewhere).unwrap(), order("LINKED"));
+    assert!(!inbox.join("done/link.json").exists());
+}
+
 // ---------------------------------------------------------------------------
 // 3. Retries to an HTTP destination
 
