@@ -243,8 +243,6 @@ impl Loader<'_> {
         });
     }
 
-    /// Reads one section; a problem names the field serde complained about
-    /// when it can be told.
     /// The top-level table `key`, taken out of `top`: its defaults when it
     /// is absent, and when it is broken (the problem is recorded).
     fn table_or_default<T: Section + Default>(
@@ -257,14 +255,39 @@ impl Loader<'_> {
             .unwrap_or_default()
     }
 
-    fn section<T: Section>(&mut self, key: &str, value: Json) -> Option<T> {
-        let error = match serde_json::from_value::<T>(value.clone()) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
+    /// Reads one section; a problem names the field serde complained about
+    /// when it can be told.
+    ///
+    /// An environment variable's value is always text: where text does not
+    /// read and the setting wants a number or a boolean, the variable's
+    /// value is read as one (`NZELA__DESTINATIONS__API__CONCURRENCY=4`),
+    /// while a text setting keeps a value that looks like a number
+    /// (`NZELA__SOURCES__INBOX__PATTERN=2026`).
+    fn section<T: Section>(&mut self, key: &str, mut value: Json) -> Option<T> {
+        let mut read_again: Vec<String> = Vec::new();
+        let (error, path) = loop {
+            let error = match serde_json::from_value::<T>(value.clone()) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let path = T::locate(value.clone());
+            if let Some(p) = &path {
+                let at = format!("{key}.{p}");
+                if !read_again.contains(&at)
+                    && env_sets(&at)
+                    && let Some(slot) = value_at(&mut value, p)
+                    && let Some(typed) = slot.as_str().and_then(typed_env_value)
+                {
+                    *slot = typed;
+                    read_again.push(at);
+                    continue;
+                }
+            }
+            break (error, path);
         };
         let message = error.to_string();
         let mut at = key.to_owned();
-        if let Some(path) = T::locate(value) {
+        if let Some(path) = path {
             at = format!("{at}.{path}");
         }
         // "unknown field `x`" and "missing field `x`" name the field inside
@@ -308,16 +331,52 @@ impl Loader<'_> {
 trait Section: for<'de> Deserialize<'de> {
     /// The path (`retry.max_attempts`) of the setting that does not read,
     /// inside the section's table.
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         path_of::<Self>(value)
     }
 }
 
+/// Where a setting is inside a section's table; shown as
+/// `retry.max_attempts`.
+type SettingPath = serde_path_to_error::Path;
+
 /// The path serde stopped at when reading `value` as a `T`.
-fn path_of<T: for<'de> Deserialize<'de>>(value: Json) -> Option<String> {
+fn path_of<T: for<'de> Deserialize<'de>>(value: Json) -> Option<SettingPath> {
     let error = serde_path_to_error::deserialize::<_, T>(value).err()?;
-    let path = error.path().to_string();
-    (path != ".").then_some(path)
+    let path = error.path().clone();
+    (path.iter().next().is_some()).then_some(path)
+}
+
+/// The value at `path` inside `value`, when it is there.
+fn value_at<'a>(value: &'a mut Json, path: &SettingPath) -> Option<&'a mut Json> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |v, segment| match segment {
+        Segment::Map { key } => v.as_object_mut()?.get_mut(key),
+        Segment::Seq { index } => v.as_array_mut()?.get_mut(*index),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
+}
+
+/// The text of an environment variable read as a number or a boolean,
+/// when it is one.
+fn typed_env_value(text: &str) -> Option<Json> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(Json::from(n));
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return Some(Json::from(n));
+    }
+    if t.eq_ignore_ascii_case("true") {
+        return Some(Json::Bool(true));
+    }
+    if t.eq_ignore_ascii_case("false") {
+        return Some(Json::Bool(false));
+    }
+    t.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Json::Number)
 }
 
 /// A tagged table's settings without its `type`, and that type.
@@ -334,7 +393,7 @@ impl Section for RouteConfig {}
 // A tagged enum reads its table whole before its variant: the path of a
 // setting is found by reading the table as the type's own settings.
 impl Section for SourceConfig {
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         use nzela_connectors::{amqp, file, http_server};
         let (ty, value) = untagged(value)?;
         match ty.as_str() {
@@ -347,7 +406,7 @@ impl Section for SourceConfig {
 }
 
 impl Section for DestinationConfig {
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         use nzela_connectors::{amqp, file, http_client};
         let (ty, value) = untagged(value)?;
         match ty.as_str() {
@@ -374,6 +433,16 @@ fn env_variable_for(key: &str) -> Option<String> {
     })
 }
 
+/// Whether an environment variable sets exactly the setting `key`.
+fn env_sets(key: &str) -> bool {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    std::env::vars_os().any(|(name, _)| {
+        name.to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|rest| rest.to_lowercase().replace(ENV_SEPARATOR, ".") == key)
+    })
+}
+
 /// Loads and checks the configuration file (with environment overrides).
 pub fn load(file: &Path) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(file).map_err(|e| {
@@ -393,11 +462,12 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
     };
     let merged = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        // Values from the environment stay text here; a section reads them
+        // as numbers or booleans where its settings want them.
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true),
+                .separator(ENV_SEPARATOR),
         )
         .build()
         .and_then(|c| c.try_deserialize::<Json>());
@@ -872,5 +942,16 @@ mod tests {
         );
         assert!(interpolate("${vault:x}").is_err());
         assert!(interpolate("${env:X").is_err());
+    }
+
+    #[test]
+    fn environment_text_is_read_as_a_number_or_a_boolean_when_it_is_one() {
+        assert_eq!(typed_env_value("4"), Some(Json::from(4)));
+        assert_eq!(typed_env_value(" -2 "), Some(Json::from(-2)));
+        assert_eq!(typed_env_value("TRUE"), Some(Json::Bool(true)));
+        assert_eq!(typed_env_value("false"), Some(Json::Bool(false)));
+        assert_eq!(typed_env_value("0.5"), Some(Json::from(0.5)));
+        assert_eq!(typed_env_value("fast"), None);
+        assert_eq!(typed_env_value("NaN"), None);
     }
 }

@@ -1454,6 +1454,95 @@ fn environment_overrides_and_secrets_reach_the_running_daemon() {
     assert!(!without_env.status.success(), "{without_env:?}");
 }
 
+#[test]
+fn environment_values_are_numbers_only_where_settings_are_numbers() {
+    let hub = Hub::new();
+    let inbox = hub.path("in");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            http_source("orders", ORDERS_PATH, ""),
+            format!(
+                "\n[sources.inbox]\ntype = \"file\"\npath = {}\nformat = \"json\"\npattern = \"*.json\"\npoll_interval = \"50ms\"\nsettle = \"100ms\"\n",
+                lit(&inbox)
+            ),
+        ]
+        .concat(),
+    );
+    let file = config.to_str().unwrap();
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    // A text setting keeps a value that looks like a number; number and
+    // true/false settings read theirs.
+    let settings = [
+        ("NZELA__SOURCES__INBOX__PATTERN", "2026"),
+        ("NZELA__SOURCES__ORDERS__MAX_DEPTH", "3"),
+        ("NZELA__DELIVERY__THREADS", "2"),
+    ];
+    let check = run_bounded(
+        hub.dir(),
+        &env(&settings),
+        &["check", "--config", file],
+        DEADLINE,
+    );
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+
+    // A number setting given what is not a number names the variable; a
+    // number out of range is checked as if it were written in the file.
+    for (var, value, key, what) in [
+        (
+            "NZELA__SOURCES__ORDERS__MAX_DEPTH",
+            "deep",
+            "sources.orders.max_depth",
+            "invalid type: string \"deep\"",
+        ),
+        (
+            "NZELA__DELIVERY__NICE",
+            "25",
+            "delivery.nice",
+            "25 is not a nice value",
+        ),
+    ] {
+        let check = run_bounded(
+            hub.dir(),
+            &env(&[(var, value)]),
+            &["check", "--config", file],
+            DEADLINE,
+        );
+        assert_eq!(check.status.code(), Some(78), "{var}={value}: {check:?}");
+        assert!(
+            check.stderr.lines().any(|l| l.contains(key)
+                && l.contains(what)
+                && l.contains(&format!("environment variable {var}"))),
+            "{var}={value}:\n{}",
+            check.stderr
+        );
+    }
+
+    // The running daemon has them: the file named 2026 is taken, not the
+    // *.json one; a body nested deeper than 3 is refused.
+    let d = Daemon::start(hub.dir(), &config, &settings, &[]);
+    let deep = post_json(d.addr(), ORDERS_PATH, &[], br#"{"a": [[[1]]]}"#).unwrap();
+    assert_eq!(deep.status, 400, "{deep:?}");
+    accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], br#"{"a": [1]}"#).unwrap());
+    let staging = hub.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    for name in ["2026", "order.json"] {
+        fs::write(staging.join(name), b"{}").unwrap();
+        fs::rename(staging.join(name), inbox.join(name)).unwrap();
+    }
+    d.wait_for("2026 in done/", || {
+        inbox.join("done/2026").is_file().then_some(())
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(inbox.join("order.json").is_file(), "{}", d.dump());
+}
+
 // ---------------------------------------------------------------------------
 // 11. JSON logs
 
