@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nzela_connectors::{DestinationConfig, SourceConfig};
+use nzela_connectors::common::DurationValue;
+use nzela_connectors::{DestinationConfig, SourceConfig, http_server};
 use nzela_core::mapping::{Condition, Mapping};
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -243,6 +244,13 @@ impl Loader<'_> {
         });
     }
 
+    /// A warning at `key`, placed as [`Loader::problem_near`] places a
+    /// problem.
+    fn warning_near(&mut self, key: &str, message: impl Into<String>) {
+        let warning = self.near(key, message.into());
+        self.warnings.push(warning);
+    }
+
     /// The top-level table `key`, taken out of `top`: its defaults when it
     /// is absent, and when it is broken (the problem is recorded).
     fn table_or_default<T: Section + Default>(
@@ -306,23 +314,29 @@ impl Loader<'_> {
     /// the nearest table that is; from an environment variable when one set
     /// the key.
     fn problem_near(&mut self, key: &str, message: impl Into<String>) {
+        let problem = self.near(key, message.into());
+        self.problems.push(problem);
+    }
+
+    /// A problem at `key`, on the line of the key or of the nearest table
+    /// written in the file; naming the environment variable that set it.
+    fn near(&self, key: &str, mut message: String) -> Problem {
         let mut line = None;
         let mut near = key;
         while line.is_none() && !near.is_empty() {
             line = line_of(self.text, near);
             near = near.rfind(['.', '[']).map_or("", |i| &near[..i]);
         }
-        let mut message = message.into();
         if let Some(var) = env_variable_for(key) {
             line = None;
             message = format!("{message} (set by the environment variable {var})");
         }
-        self.problems.push(Problem {
+        Problem {
             file: self.file.to_owned(),
             line,
             key: Some(key.to_owned()),
             message,
-        });
+        }
     }
 }
 
@@ -568,6 +582,12 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
         );
     }
     for (name, route) in &routes {
+        if route.from.names().is_empty() {
+            l.problem(
+                &format!("routes.{name}.from"),
+                "a route needs at least one source",
+            );
+        }
         for s in route.from.names() {
             if !source_names.contains(&s) && !l.broken.contains(&format!("sources.{s}")) {
                 l.problem(
@@ -595,6 +615,16 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
                 &format!("routes.{name}.to"),
                 "a route needs at least one destination",
             );
+        }
+        let to = route.to.names();
+        for (i, d) in to.iter().enumerate() {
+            // Once per name, at its second appearance.
+            if to[..i].iter().filter(|&x| x == d).count() == 1 {
+                l.problem(
+                    &format!("routes.{name}.to"),
+                    format!("\"{d}\" is listed more than once: each message would be delivered to it as many times"),
+                );
+            }
         }
         if let Some(when) = &route.when {
             match Condition::compile(when) {
@@ -636,6 +666,24 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
                             });
                         }
                     }
+                }
+            }
+        }
+        // Each message is decoded as the mapping's input says.
+        if let Some(mapping) = mappings.get(&route.mapping) {
+            let input = mapping.input().format();
+            for s in route.from.names() {
+                if let Some(source) = sources.get(&s)
+                    && source.format().format() != input
+                {
+                    l.problem(
+                        &format!("routes.{name}.mapping"),
+                        format!(
+                            "{} reads {input} (its `input`), but the source \"{s}\" takes {} (sources.{s}.format): its messages could not be mapped",
+                            route.mapping.display(),
+                            source.format()
+                        ),
+                    );
                 }
             }
         }
@@ -723,13 +771,35 @@ fn check_connectors(
             l.problem(&format!("destinations.{name}.tls.ca_file"), e);
         }
     }
-    // Two HTTP endpoints on one address cannot share a path.
-    let mut endpoints: Vec<(String, String, String)> = Vec::new();
+    // Retries wait from `initial_backoff`, doubling, up to `max_backoff`.
+    for (name, d) in destinations {
+        let retry = d.dispatch_settings(name).retry;
+        if retry.initial_backoff > retry.max_backoff {
+            let key = format!("destinations.{name}.retry");
+            let written = |setting: &str| line_of(l.text, &format!("{key}.{setting}")).is_some();
+            let setting = if !written("initial_backoff") && written("max_backoff") {
+                "max_backoff"
+            } else {
+                "initial_backoff"
+            };
+            l.problem(
+                &format!("{key}.{setting}"),
+                format!(
+                    "initial_backoff ({}) is longer than max_backoff ({}): the first wait would already be over the longest",
+                    DurationValue(retry.initial_backoff),
+                    DurationValue(retry.max_backoff)
+                ),
+            );
+        }
+    }
+    // Two HTTP endpoints on one address cannot share a path; they share
+    // one server, and with it the shortest `header_read_timeout`.
+    let mut endpoints: Vec<(&String, &http_server::Config)> = Vec::new();
     for (name, s) in sources {
         if let SourceConfig::HttpServer(h) = s {
-            if let Some((other, _, _)) = endpoints
+            if let Some((other, _)) = endpoints
                 .iter()
-                .find(|(_, a, p)| *a == h.listen && *p == h.path)
+                .find(|(_, o)| o.listen == h.listen && o.path == h.path)
             {
                 l.problem(
                     &format!("sources.{name}.path"),
@@ -739,27 +809,111 @@ fn check_connectors(
                     ),
                 );
             }
-            endpoints.push((name.clone(), h.listen.clone(), h.path.clone()));
+            endpoints.push((name, h));
         }
     }
-    // An inbox that is also an outbox would read back what it writes.
+    for (name, h) in &endpoints {
+        let shortest = endpoints
+            .iter()
+            .filter(|(_, o)| o.listen == h.listen)
+            .min_by_key(|(_, o)| o.header_read_timeout);
+        if let Some((other, o)) = shortest
+            && o.header_read_timeout < h.header_read_timeout
+        {
+            l.warning_near(
+                &format!("sources.{name}.header_read_timeout"),
+                format!(
+                    "{} does not apply: the endpoints on {} share one server, and the shortest header_read_timeout, {} (source \"{other}\"), applies to all of them",
+                    h.header_read_timeout, h.listen, o.header_read_timeout
+                ),
+            );
+        }
+    }
+    check_folders(l, sources, destinations);
+}
+
+/// An outbox must not be an inbox, nor where an inbox puts the files it
+/// took or refused: folders are compared as absolute paths, with `.` and
+/// `..` resolved and without trailing separators (as written: symbolic
+/// links are not followed).
+///
+/// An inbox reads only its own files, not those of folders inside it, so
+/// an outbox inside an inbox (or an inbox inside an outbox) is fine.
+fn check_folders(
+    l: &mut Loader<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+    destinations: &BTreeMap<String, DestinationConfig>,
+) {
+    let here = std::env::current_dir().ok();
+    let folder = |p: &Path| normalize(p, here.as_deref());
     for (sname, s) in sources {
-        if let SourceConfig::File(fs) = s {
-            for (dname, d) in destinations {
-                if let DestinationConfig::File(fd) = d
-                    && fd.path == fs.path
-                {
-                    l.problem(
-                        &format!("destinations.{dname}.path"),
-                        format!(
-                            "{} is also the inbox of source \"{sname}\"",
-                            fd.path.display()
-                        ),
-                    );
-                }
+        let SourceConfig::File(fs) = s else { continue };
+        let inbox = folder(&fs.path);
+        for (setting, dir) in [("done", &fs.done), ("error", &fs.error)] {
+            if let Some(dir) = dir
+                && folder(dir) == inbox
+            {
+                l.problem(
+                    &format!("sources.{sname}.{setting}"),
+                    format!(
+                        "{} is the inbox itself ({}): its files would be read again",
+                        dir.display(),
+                        fs.path.display()
+                    ),
+                );
+            }
+        }
+        let taken = [
+            ("inbox", inbox),
+            ("`done` folder", folder(&fs.done_dir())),
+            ("`error` folder", folder(&fs.error_dir())),
+        ];
+        for (dname, d) in destinations {
+            let DestinationConfig::File(fd) = d else {
+                continue;
+            };
+            let outbox = folder(&fd.path);
+            if let Some((what, _)) = taken.iter().find(|(_, dir)| *dir == outbox) {
+                l.problem(
+                    &format!("destinations.{dname}.path"),
+                    format!(
+                        "{} is also the {what} of source \"{sname}\"",
+                        fd.path.display()
+                    ),
+                );
             }
         }
     }
+}
+
+/// `path` as an absolute path (relative to `base`, when it is known),
+/// without `.`, `..` or trailing separators. Lexical: symbolic links are
+/// not resolved.
+fn normalize(path: &Path, base: Option<&Path>) -> PathBuf {
+    use std::path::Component;
+    let joined;
+    let path = match base {
+        Some(base) if path.is_relative() => {
+            joined = base.join(path);
+            &joined
+        }
+        _ => path,
+    };
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Replaces `${env:NAME}` and `${file:PATH}` in every string, so that
@@ -905,6 +1059,28 @@ mod tests {
         assert_eq!(line_of(text, "sources.orders"), Some(4));
         assert_eq!(line_of(text, "sources.orders.path"), Some(6));
         assert_eq!(line_of(text, "sources.nope"), None);
+    }
+
+    #[test]
+    fn folders_are_compared_as_absolute_paths_without_dots_or_trailing_separators() {
+        let here = Path::new("/srv/nzela");
+        let out = PathBuf::from("/srv/nzela/data/out");
+        for written in [
+            "data/out",
+            "./data/out",
+            "data/out/",
+            "data//out",
+            "data/in/../out/.",
+            "/srv/nzela/data/out",
+            "/srv/../srv/nzela/data/out",
+        ] {
+            assert_eq!(normalize(Path::new(written), Some(here)), out, "{written}");
+        }
+        assert_eq!(normalize(Path::new("/../a"), None), PathBuf::from("/a"));
+        assert_eq!(
+            normalize(Path::new("../a/./b/"), None),
+            PathBuf::from("../a/b")
+        );
     }
 
     #[test]

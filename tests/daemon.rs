@@ -1256,6 +1256,160 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     assert!(check.stdout.contains("ok"), "{check:?}");
 }
 
+/// Panics unless `output` has a line `<kind>: FILE:LINE: KEY: ...` that
+/// also contains `what`.
+fn assert_reported(output: &str, kind: &str, file: &str, line: usize, key: &str, what: &str) {
+    let at = format!("{kind}: {file}:{line}: {key}: ");
+    assert!(
+        output
+            .lines()
+            .any(|l| l.starts_with(&at) && l.contains(what)),
+        "no {kind} \"{what}\" at {at}\n{output}"
+    );
+}
+
+#[test]
+fn check_reports_routes_folders_formats_and_retries_that_cannot_work() {
+    let hub = Hub::new();
+    let asycuda = lit(&mapping(ASYCUDA_MAPPING));
+    let text = [
+        top(&hub, "5s"),
+        http_source("orders", ORDERS_PATH, "header_read_timeout = \"5s\"\n"),
+        http_source("status", "/in/status", "header_read_timeout = \"20s\"\n"),
+        // Relative folders, as they are usually written.
+        "\n[sources.inbox]\ntype = \"file\"\npath = \"data/in\"\nformat = \"xml\"\n".to_owned(),
+        "\n[sources.loop]\ntype = \"file\"\npath = \"data/loop\"\nformat = \"json\"\ndone = \"./data/loop/\"\n".to_owned(),
+        "\n[destinations.customs_outbox]\ntype = \"file\"\npath = \"data/out/customs\"\n".to_owned(),
+        // The inbox and its error folder, written otherwise.
+        "\n[destinations.echo]\ntype = \"file\"\npath = \"./data/in/\"\n".to_owned(),
+        "\n[destinations.refused]\ntype = \"file\"\npath = \"data/x/../in/error\"\n".to_owned(),
+        "\n[destinations.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\n[destinations.api.retry]\nmax_attempts = 3\ninitial_backoff = \"10s\"\nmax_backoff = \"5s\"\n".to_owned(),
+        format!("\n[routes.nowhere_from]\nfrom = []\nmapping = {asycuda}\nto = \"customs_outbox\"\n"),
+        format!("\n[routes.twice]\nfrom = \"orders\"\nmapping = {asycuda}\nto = [\"customs_outbox\", \"api\", \"customs_outbox\"]\n"),
+        format!("\n[routes.xml_into_json]\nfrom = [\"inbox\", \"loop\"]\nmapping = {asycuda}\nto = [\"echo\", \"refused\"]\n"),
+        format!("\n[routes.status]\nfrom = \"status\"\nmapping = {asycuda}\nto = \"api\"\n"),
+    ]
+    .concat();
+    let bad = hub.config("bad.toml", &text);
+    let file = bad.to_str().unwrap();
+    let section = |name: &str| format!("[routes.{name}]");
+    let after = |start: &str, needle: &str| {
+        let from = line_with(&text, start);
+        from + text
+            .lines()
+            .skip(from)
+            .position(|l| l.contains(needle))
+            .unwrap()
+            + 1
+    };
+    let errors = [
+        (
+            after(&section("nowhere_from"), "from = []"),
+            "routes.nowhere_from.from",
+            "a route needs at least one source",
+        ),
+        (
+            after(&section("twice"), "to = "),
+            "routes.twice.to",
+            "\"customs_outbox\" is listed more than once",
+        ),
+        (
+            after(&section("xml_into_json"), "mapping = "),
+            "routes.xml_into_json.mapping",
+            "reads json (its `input`), but the source \"inbox\" takes xml (sources.inbox.format)",
+        ),
+        (
+            line_with(&text, "path = \"./data/in/\""),
+            "destinations.echo.path",
+            "./data/in/ is also the inbox of source \"inbox\"",
+        ),
+        (
+            line_with(&text, "data/x/../in/error"),
+            "destinations.refused.path",
+            "is also the `error` folder of source \"inbox\"",
+        ),
+        (
+            line_with(&text, "done = \"./data/loop/\""),
+            "sources.loop.done",
+            "is the inbox itself",
+        ),
+        (
+            line_with(&text, "initial_backoff = \"10s\""),
+            "destinations.api.retry.initial_backoff",
+            "initial_backoff (10s) is longer than max_backoff (5s)",
+        ),
+    ];
+    let warning = (
+        line_with(&text, "header_read_timeout = \"20s\""),
+        "sources.status.header_read_timeout",
+        "20s does not apply",
+    );
+
+    let check = run_bounded(hub.dir(), &[], &["check", "--config", file], DEADLINE);
+    assert_eq!(check.status.code(), Some(78), "{check:?}");
+    for (line, key, what) in errors {
+        assert_reported(&check.stderr, "error", file, line, key, what);
+    }
+    // A source of the mapping's format is not blamed.
+    assert!(
+        !check.stderr.contains("source \"loop\" takes"),
+        "{}",
+        check.stderr
+    );
+    assert!(
+        check
+            .stderr
+            .contains(&format!("{} problem(s) found", errors.len())),
+        "{}",
+        check.stderr
+    );
+
+    // `nzela run` refuses on the same problems.
+    let run = run_bounded(hub.dir(), &[], &["run", "--config", file], DEADLINE);
+    assert_eq!(run.status.code(), Some(78), "{run:?}");
+    for (line, key, what) in errors {
+        assert_reported(&run.stderr, "error", file, line, key, what);
+    }
+    assert!(
+        !hub.path("data/nzela.db").exists(),
+        "a refused run opened the journal"
+    );
+
+    // Fixed, it is clean, with a warning: endpoints on one address whose
+    // header_read_timeout differ (warnings are shown when there is no
+    // error).
+    let fixed = text
+        .replace("from = []", "from = \"orders\"")
+        .replace("\"api\", \"customs_outbox\"]", "\"api\"]")
+        .replace("[\"inbox\", \"loop\"]", "\"loop\"")
+        .replace("path = \"./data/in/\"", "path = \"data/out/echo\"")
+        .replace("data/x/../in/error", "data/out/refused")
+        .replace("done = \"./data/loop/\"", "done = \"data/loop/done\"")
+        .replace("initial_backoff = \"10s\"", "initial_backoff = \"1s\"")
+        + "\n[routes.inbox]\nfrom = \"inbox\"\nmapping = "
+        + &lit(&mapping(MOMO_MAPPING))
+        + "\nto = \"api\"\n";
+    let good = hub.config("good.toml", &fixed);
+    let good = good.to_str().unwrap();
+    let check = run_bounded(hub.dir(), &[], &["check", "--config", good], DEADLINE);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let (line, key, what) = warning;
+    assert_reported(&check.stderr, "warning", good, line, key, what);
+    assert!(
+        check
+            .stderr
+            .contains("the shortest header_read_timeout, 5s (source \"orders\")"),
+        "{}",
+        check.stderr
+    );
+    // The setting that applies is not warned about.
+    assert!(
+        !check.stderr.contains("sources.orders.header_read_timeout"),
+        "{}",
+        check.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 9b. Delivery threads below the intake
 
