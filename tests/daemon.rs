@@ -1120,6 +1120,74 @@ fn sigterm_stops_cleanly_and_the_rest_is_delivered_after_restart() {
     assert!(took < shutdown_timeout, "an idle stop took {took:?}");
 }
 
+#[test]
+fn a_second_signal_while_stopping_exits_at_once() {
+    // The first attempt gets no answer; the next ones are accepted.
+    let peer = Peer::start(vec![Reply::Hang], Reply::ok());
+    let hub = Hub::new();
+    let config = hub.config(
+        "nzela.toml",
+        &http_to_api(&hub, &peer.url("/api/declarations"), "60s", ""),
+    );
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("TWICE-1")).unwrap());
+    d.wait_for("the first attempt to reach the peer", || {
+        (!peer.received().is_empty()).then_some(())
+    });
+
+    d.signal("-TERM");
+    d.wait_for("the stop to begin", || {
+        d.stderr()
+            .iter()
+            .any(|l| l.contains("stopping: no new messages"))
+            .then_some(())
+    });
+    // The attempt in flight holds the stop (shutdown_timeout 60s).
+    thread::sleep(Duration::from_secs(1));
+    assert!(d.running(), "nzela stopped without waiting\n{}", d.dump());
+
+    // Ctrl-C now does not wait.
+    let second = Instant::now();
+    d.signal("-INT");
+    let status = d.wait_exit("the second signal", second, Duration::from_secs(20));
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(130), "{}", d.dump());
+    assert!(
+        took < Duration::from_secs(3),
+        "the forced stop took {took:?}\n{}",
+        d.dump()
+    );
+    assert!(
+        d.stderr().iter().any(|l| l.contains("WARN")
+            && l.contains("second signal while stopping: exiting now")
+            && l.contains("SIGINT")),
+        "{}",
+        d.dump()
+    );
+    // It did not get to the end of an orderly stop.
+    assert!(
+        !d.stderr()
+            .iter()
+            .any(|l| l.trim_end().ends_with(" stopped")),
+        "{}",
+        d.dump()
+    );
+
+    // Nothing is lost: the interrupted delivery is made after a restart,
+    // with the same idempotency key.
+    d.restart();
+    let got = d.wait_for("the delivery after the restart", || {
+        let got = peer.received();
+        (got.len() >= 2).then_some(got)
+    });
+    assert_eq!(got[1].answered, Some(200));
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        got[0].header("idempotency-key")
+    );
+    deliveries_in(&d, &id, 1, "delivered");
+}
+
 // ---------------------------------------------------------------------------
 // 9. nzela check
 
