@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nzela_connectors::{DestinationConfig, SourceConfig};
+use nzela_connectors::common::DurationValue;
+use nzela_connectors::{DestinationConfig, SourceConfig, http_server};
 use nzela_core::mapping::{Condition, Mapping};
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -243,8 +244,13 @@ impl Loader<'_> {
         });
     }
 
-    /// Reads one section; a problem names the field serde complained about
-    /// when it can be told.
+    /// A warning at `key`, placed as [`Loader::problem_near`] places a
+    /// problem.
+    fn warning_near(&mut self, key: &str, message: impl Into<String>) {
+        let warning = self.near(key, message.into());
+        self.warnings.push(warning);
+    }
+
     /// The top-level table `key`, taken out of `top`: its defaults when it
     /// is absent, and when it is broken (the problem is recorded).
     fn table_or_default<T: Section + Default>(
@@ -257,14 +263,39 @@ impl Loader<'_> {
             .unwrap_or_default()
     }
 
-    fn section<T: Section>(&mut self, key: &str, value: Json) -> Option<T> {
-        let error = match serde_json::from_value::<T>(value.clone()) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
+    /// Reads one section; a problem names the field serde complained about
+    /// when it can be told.
+    ///
+    /// An environment variable's value is always text: where text does not
+    /// read and the setting wants a number or a boolean, the variable's
+    /// value is read as one (`NZELA__DESTINATIONS__API__CONCURRENCY=4`),
+    /// while a text setting keeps a value that looks like a number
+    /// (`NZELA__SOURCES__INBOX__PATTERN=2026`).
+    fn section<T: Section>(&mut self, key: &str, mut value: Json) -> Option<T> {
+        let mut read_again: Vec<String> = Vec::new();
+        let (error, path) = loop {
+            let error = match serde_json::from_value::<T>(value.clone()) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let path = T::locate(value.clone());
+            if let Some(p) = &path {
+                let at = format!("{key}.{p}");
+                if !read_again.contains(&at)
+                    && env_sets(&at)
+                    && let Some(slot) = value_at(&mut value, p)
+                    && let Some(typed) = slot.as_str().and_then(typed_env_value)
+                {
+                    *slot = typed;
+                    read_again.push(at);
+                    continue;
+                }
+            }
+            break (error, path);
         };
         let message = error.to_string();
         let mut at = key.to_owned();
-        if let Some(path) = T::locate(value) {
+        if let Some(path) = path {
             at = format!("{at}.{path}");
         }
         // "unknown field `x`" and "missing field `x`" name the field inside
@@ -283,23 +314,29 @@ impl Loader<'_> {
     /// the nearest table that is; from an environment variable when one set
     /// the key.
     fn problem_near(&mut self, key: &str, message: impl Into<String>) {
+        let problem = self.near(key, message.into());
+        self.problems.push(problem);
+    }
+
+    /// A problem at `key`, on the line of the key or of the nearest table
+    /// written in the file; naming the environment variable that set it.
+    fn near(&self, key: &str, mut message: String) -> Problem {
         let mut line = None;
         let mut near = key;
         while line.is_none() && !near.is_empty() {
             line = line_of(self.text, near);
             near = near.rfind(['.', '[']).map_or("", |i| &near[..i]);
         }
-        let mut message = message.into();
         if let Some(var) = env_variable_for(key) {
             line = None;
             message = format!("{message} (set by the environment variable {var})");
         }
-        self.problems.push(Problem {
+        Problem {
             file: self.file.to_owned(),
             line,
             key: Some(key.to_owned()),
             message,
-        });
+        }
     }
 }
 
@@ -308,16 +345,52 @@ impl Loader<'_> {
 trait Section: for<'de> Deserialize<'de> {
     /// The path (`retry.max_attempts`) of the setting that does not read,
     /// inside the section's table.
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         path_of::<Self>(value)
     }
 }
 
+/// Where a setting is inside a section's table; shown as
+/// `retry.max_attempts`.
+type SettingPath = serde_path_to_error::Path;
+
 /// The path serde stopped at when reading `value` as a `T`.
-fn path_of<T: for<'de> Deserialize<'de>>(value: Json) -> Option<String> {
+fn path_of<T: for<'de> Deserialize<'de>>(value: Json) -> Option<SettingPath> {
     let error = serde_path_to_error::deserialize::<_, T>(value).err()?;
-    let path = error.path().to_string();
-    (path != ".").then_some(path)
+    let path = error.path().clone();
+    (path.iter().next().is_some()).then_some(path)
+}
+
+/// The value at `path` inside `value`, when it is there.
+fn value_at<'a>(value: &'a mut Json, path: &SettingPath) -> Option<&'a mut Json> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |v, segment| match segment {
+        Segment::Map { key } => v.as_object_mut()?.get_mut(key),
+        Segment::Seq { index } => v.as_array_mut()?.get_mut(*index),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
+}
+
+/// The text of an environment variable read as a number or a boolean,
+/// when it is one.
+fn typed_env_value(text: &str) -> Option<Json> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(Json::from(n));
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return Some(Json::from(n));
+    }
+    if t.eq_ignore_ascii_case("true") {
+        return Some(Json::Bool(true));
+    }
+    if t.eq_ignore_ascii_case("false") {
+        return Some(Json::Bool(false));
+    }
+    t.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Json::Number)
 }
 
 /// A tagged table's settings without its `type`, and that type.
@@ -334,7 +407,7 @@ impl Section for RouteConfig {}
 // A tagged enum reads its table whole before its variant: the path of a
 // setting is found by reading the table as the type's own settings.
 impl Section for SourceConfig {
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         use nzela_connectors::{amqp, file, http_server};
         let (ty, value) = untagged(value)?;
         match ty.as_str() {
@@ -347,7 +420,7 @@ impl Section for SourceConfig {
 }
 
 impl Section for DestinationConfig {
-    fn locate(value: Json) -> Option<String> {
+    fn locate(value: Json) -> Option<SettingPath> {
         use nzela_connectors::{amqp, file, http_client};
         let (ty, value) = untagged(value)?;
         match ty.as_str() {
@@ -374,6 +447,16 @@ fn env_variable_for(key: &str) -> Option<String> {
     })
 }
 
+/// Whether an environment variable sets exactly the setting `key`.
+fn env_sets(key: &str) -> bool {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    std::env::vars_os().any(|(name, _)| {
+        name.to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|rest| rest.to_lowercase().replace(ENV_SEPARATOR, ".") == key)
+    })
+}
+
 /// Loads and checks the configuration file (with environment overrides).
 pub fn load(file: &Path) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(file).map_err(|e| {
@@ -393,11 +476,12 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
     };
     let merged = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        // Values from the environment stay text here; a section reads them
+        // as numbers or booleans where its settings want them.
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true),
+                .separator(ENV_SEPARATOR),
         )
         .build()
         .and_then(|c| c.try_deserialize::<Json>());
@@ -498,6 +582,12 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
         );
     }
     for (name, route) in &routes {
+        if route.from.names().is_empty() {
+            l.problem(
+                &format!("routes.{name}.from"),
+                "a route needs at least one source",
+            );
+        }
         for s in route.from.names() {
             if !source_names.contains(&s) && !l.broken.contains(&format!("sources.{s}")) {
                 l.problem(
@@ -525,6 +615,16 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
                 &format!("routes.{name}.to"),
                 "a route needs at least one destination",
             );
+        }
+        let to = route.to.names();
+        for (i, d) in to.iter().enumerate() {
+            // Once per name, at its second appearance.
+            if to[..i].iter().filter(|&x| x == d).count() == 1 {
+                l.problem(
+                    &format!("routes.{name}.to"),
+                    format!("\"{d}\" is listed more than once: each message would be delivered to it as many times"),
+                );
+            }
         }
         if let Some(when) = &route.when {
             match Condition::compile(when) {
@@ -566,6 +666,24 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
                             });
                         }
                     }
+                }
+            }
+        }
+        // Each message is decoded as the mapping's input says.
+        if let Some(mapping) = mappings.get(&route.mapping) {
+            let input = mapping.input().format();
+            for s in route.from.names() {
+                if let Some(source) = sources.get(&s)
+                    && source.format().format() != input
+                {
+                    l.problem(
+                        &format!("routes.{name}.mapping"),
+                        format!(
+                            "{} reads {input} (its `input`), but the source \"{s}\" takes {} (sources.{s}.format): its messages could not be mapped",
+                            route.mapping.display(),
+                            source.format()
+                        ),
+                    );
                 }
             }
         }
@@ -653,13 +771,35 @@ fn check_connectors(
             l.problem(&format!("destinations.{name}.tls.ca_file"), e);
         }
     }
-    // Two HTTP endpoints on one address cannot share a path.
-    let mut endpoints: Vec<(String, String, String)> = Vec::new();
+    // Retries wait from `initial_backoff`, doubling, up to `max_backoff`.
+    for (name, d) in destinations {
+        let retry = d.dispatch_settings(name).retry;
+        if retry.initial_backoff > retry.max_backoff {
+            let key = format!("destinations.{name}.retry");
+            let written = |setting: &str| line_of(l.text, &format!("{key}.{setting}")).is_some();
+            let setting = if !written("initial_backoff") && written("max_backoff") {
+                "max_backoff"
+            } else {
+                "initial_backoff"
+            };
+            l.problem(
+                &format!("{key}.{setting}"),
+                format!(
+                    "initial_backoff ({}) is longer than max_backoff ({}): the first wait would already be over the longest",
+                    DurationValue(retry.initial_backoff),
+                    DurationValue(retry.max_backoff)
+                ),
+            );
+        }
+    }
+    // Two HTTP endpoints on one address cannot share a path; they share
+    // one server, and with it the shortest `header_read_timeout`.
+    let mut endpoints: Vec<(&String, &http_server::Config)> = Vec::new();
     for (name, s) in sources {
         if let SourceConfig::HttpServer(h) = s {
-            if let Some((other, _, _)) = endpoints
+            if let Some((other, _)) = endpoints
                 .iter()
-                .find(|(_, a, p)| *a == h.listen && *p == h.path)
+                .find(|(_, o)| o.listen == h.listen && o.path == h.path)
             {
                 l.problem(
                     &format!("sources.{name}.path"),
@@ -669,27 +809,111 @@ fn check_connectors(
                     ),
                 );
             }
-            endpoints.push((name.clone(), h.listen.clone(), h.path.clone()));
+            endpoints.push((name, h));
         }
     }
-    // An inbox that is also an outbox would read back what it writes.
+    for (name, h) in &endpoints {
+        let shortest = endpoints
+            .iter()
+            .filter(|(_, o)| o.listen == h.listen)
+            .min_by_key(|(_, o)| o.header_read_timeout);
+        if let Some((other, o)) = shortest
+            && o.header_read_timeout < h.header_read_timeout
+        {
+            l.warning_near(
+                &format!("sources.{name}.header_read_timeout"),
+                format!(
+                    "{} does not apply: the endpoints on {} share one server, and the shortest header_read_timeout, {} (source \"{other}\"), applies to all of them",
+                    h.header_read_timeout, h.listen, o.header_read_timeout
+                ),
+            );
+        }
+    }
+    check_folders(l, sources, destinations);
+}
+
+/// An outbox must not be an inbox, nor where an inbox puts the files it
+/// took or refused: folders are compared as absolute paths, with `.` and
+/// `..` resolved and without trailing separators (as written: symbolic
+/// links are not followed).
+///
+/// An inbox reads only its own files, not those of folders inside it, so
+/// an outbox inside an inbox (or an inbox inside an outbox) is fine.
+fn check_folders(
+    l: &mut Loader<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+    destinations: &BTreeMap<String, DestinationConfig>,
+) {
+    let here = std::env::current_dir().ok();
+    let folder = |p: &Path| normalize(p, here.as_deref());
     for (sname, s) in sources {
-        if let SourceConfig::File(fs) = s {
-            for (dname, d) in destinations {
-                if let DestinationConfig::File(fd) = d
-                    && fd.path == fs.path
-                {
-                    l.problem(
-                        &format!("destinations.{dname}.path"),
-                        format!(
-                            "{} is also the inbox of source \"{sname}\"",
-                            fd.path.display()
-                        ),
-                    );
-                }
+        let SourceConfig::File(fs) = s else { continue };
+        let inbox = folder(&fs.path);
+        for (setting, dir) in [("done", &fs.done), ("error", &fs.error)] {
+            if let Some(dir) = dir
+                && folder(dir) == inbox
+            {
+                l.problem(
+                    &format!("sources.{sname}.{setting}"),
+                    format!(
+                        "{} is the inbox itself ({}): its files would be read again",
+                        dir.display(),
+                        fs.path.display()
+                    ),
+                );
+            }
+        }
+        let taken = [
+            ("inbox", inbox),
+            ("`done` folder", folder(&fs.done_dir())),
+            ("`error` folder", folder(&fs.error_dir())),
+        ];
+        for (dname, d) in destinations {
+            let DestinationConfig::File(fd) = d else {
+                continue;
+            };
+            let outbox = folder(&fd.path);
+            if let Some((what, _)) = taken.iter().find(|(_, dir)| *dir == outbox) {
+                l.problem(
+                    &format!("destinations.{dname}.path"),
+                    format!(
+                        "{} is also the {what} of source \"{sname}\"",
+                        fd.path.display()
+                    ),
+                );
             }
         }
     }
+}
+
+/// `path` as an absolute path (relative to `base`, when it is known),
+/// without `.`, `..` or trailing separators. Lexical: symbolic links are
+/// not resolved.
+fn normalize(path: &Path, base: Option<&Path>) -> PathBuf {
+    use std::path::Component;
+    let joined;
+    let path = match base {
+        Some(base) if path.is_relative() => {
+            joined = base.join(path);
+            &joined
+        }
+        _ => path,
+    };
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Replaces `${env:NAME}` and `${file:PATH}` in every string, so that
@@ -838,6 +1062,28 @@ mod tests {
     }
 
     #[test]
+    fn folders_are_compared_as_absolute_paths_without_dots_or_trailing_separators() {
+        let here = Path::new("/srv/nzela");
+        let out = PathBuf::from("/srv/nzela/data/out");
+        for written in [
+            "data/out",
+            "./data/out",
+            "data/out/",
+            "data//out",
+            "data/in/../out/.",
+            "/srv/nzela/data/out",
+            "/srv/../srv/nzela/data/out",
+        ] {
+            assert_eq!(normalize(Path::new(written), Some(here)), out, "{written}");
+        }
+        assert_eq!(normalize(Path::new("/../a"), None), PathBuf::from("/a"));
+        assert_eq!(
+            normalize(Path::new("../a/./b/"), None),
+            PathBuf::from("../a/b")
+        );
+    }
+
+    #[test]
     fn secrets_come_from_the_environment_or_files() {
         // SAFETY of set_var: this test owns the variable name.
         unsafe { std::env::set_var("NZELA_TEST_SECRET", "s3cret") };
@@ -872,5 +1118,16 @@ mod tests {
         );
         assert!(interpolate("${vault:x}").is_err());
         assert!(interpolate("${env:X").is_err());
+    }
+
+    #[test]
+    fn environment_text_is_read_as_a_number_or_a_boolean_when_it_is_one() {
+        assert_eq!(typed_env_value("4"), Some(Json::from(4)));
+        assert_eq!(typed_env_value(" -2 "), Some(Json::from(-2)));
+        assert_eq!(typed_env_value("TRUE"), Some(Json::Bool(true)));
+        assert_eq!(typed_env_value("false"), Some(Json::Bool(false)));
+        assert_eq!(typed_env_value("0.5"), Some(Json::from(0.5)));
+        assert_eq!(typed_env_value("fast"), None);
+        assert_eq!(typed_env_value("NaN"), None);
     }
 }

@@ -18,7 +18,9 @@
 //! flight), then the router and the dispatchers are given
 //! `shutdown_timeout` to finish what they hold, then the journal finishes
 //! its queue and closes. Whatever was not delivered is delivered after the
-//! next start.
+//! next start. A second SIGINT or SIGTERM while stopping ends nzela at
+//! once (exit code 130 or 143), without waiting for the work in flight:
+//! what the journal committed is kept, as after a crash.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -119,10 +121,26 @@ pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result
     );
     systemd::notify(systemd::State::Ready, status).await;
 
-    wait_for_signal().await;
-    tracing::info!("stopping: no new messages; finishing the work in flight");
+    let mut signals = Signals::new();
+    let signal = signals.recv().await;
+    tracing::info!(
+        signal = signal.name(),
+        "stopping: no new messages; finishing the work in flight (a second SIGINT or SIGTERM stops at once)"
+    );
     let status = "stopping: no new messages; finishing the work in flight".to_owned();
     systemd::notify(systemd::State::Stopping, status).await;
+    // A second signal does not wait for the work in flight: what the
+    // journal committed is kept, and deliveries left half-done are made
+    // due again at the next start, as after a crash.
+    let forced = tokio::spawn(async move {
+        let signal = signals.recv().await;
+        tracing::warn!(
+            signal = signal.name(),
+            exit_code = signal.forced_exit_code(),
+            "second signal while stopping: exiting now, without waiting for the work in flight; what was not delivered is delivered after the next start"
+        );
+        std::process::exit(signal.forced_exit_code());
+    });
     shutdown.cancel();
     let stop = config.shutdown_timeout;
     if tokio::time::timeout(stop, async { while sources.join_next().await.is_some() {} })
@@ -145,6 +163,7 @@ pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result
         workers.abort_all();
     }
     journal.close().await;
+    forced.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -196,25 +215,97 @@ fn lock(config: &Config) -> Result<File, String> {
     }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// A signal that stops nzela.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The exit code of a stop forced by a second signal: 128 plus the
+    /// signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+    /// reports a process the signal ended.
+    fn forced_exit_code(self) -> i32 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, listened to for as long as this lives: once it
+/// exists, neither ends the process by itself.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let interrupt = signal(SignalKind::interrupt())
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGINT"))
+                .ok();
+            let terminate = signal(SignalKind::terminate())
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT"),
+                )
+                .ok();
+            Signals {
+                interrupt,
+                terminate,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            if self.interrupt.is_none() && self.terminate.is_none() {
+                // Neither could be listened to: Ctrl-C the portable way.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                return Signal::Interrupt;
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => Signal::Interrupt,
+                () = next(self.terminate.as_mut()) => Signal::Terminate,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            Signal::Interrupt
+        }
     }
 }

@@ -376,6 +376,70 @@ fn inbox_files_are_taken_once_complete_and_refused_files_are_explained() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn inbox_entries_that_cannot_be_taken_are_warned_about_once_each() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let hub = Hub::new();
+    let inbox = hub.path("in");
+    fs::create_dir_all(&inbox).unwrap();
+    let elsewhere = hub.path("elsewhere.json");
+    fs::write(&elsewhere, order("LINKED")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, inbox.join("link.json")).unwrap();
+    let latin1 = inbox.join(OsStr::from_bytes(b"commande-\xE9t\xE9.json"));
+    fs::write(&latin1, order("LATIN1")).unwrap();
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            format!(
+                "\n[sources.inbox]\ntype = \"file\"\npath = {}\nformat = \"json\"\npattern = \"*.json\"\npoll_interval = \"50ms\"\nsettle = \"100ms\"\n",
+                lit(&inbox)
+            ),
+        ]
+        .concat(),
+    );
+    let d = Daemon::start(hub.dir(), &config, &[], &[]);
+    // A file that can be taken is, meanwhile.
+    let staging = hub.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("order.json"), order("PLAIN")).unwrap();
+    fs::rename(staging.join("order.json"), inbox.join("order.json")).unwrap();
+    d.wait_for("order.json in done/", || {
+        inbox.join("done/order.json").is_file().then_some(())
+    });
+    // Twenty polls and more.
+    thread::sleep(Duration::from_millis(1500));
+
+    let lines = d.stderr();
+    let warned = |needle: &str, why: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains("not taken from the inbox")
+                    && l.contains(needle)
+                    && l.contains(why)
+            })
+            .count()
+    };
+    let link = inbox.join("link.json");
+    assert_eq!(
+        warned(link.to_str().unwrap(), "symbolic link"),
+        1,
+        "{}",
+        d.dump()
+    );
+    let latin1_shown = latin1.to_string_lossy().into_owned();
+    assert_eq!(warned(&latin1_shown, "not UTF-8"), 1, "{}", d.dump());
+    // Both are left where they are; the link's target is untouched.
+    assert!(fs::symlink_metadata(&link).is_ok() && latin1.is_file());
+    assert_eq!(fs::read(&elsewhere).unwrap(), order("LINKED"));
+    assert!(!inbox.join("done/link.json").exists());
+}
+
 // ---------------------------------------------------------------------------
 // 3. Retries to an HTTP destination
 
@@ -1056,6 +1120,74 @@ fn sigterm_stops_cleanly_and_the_rest_is_delivered_after_restart() {
     assert!(took < shutdown_timeout, "an idle stop took {took:?}");
 }
 
+#[test]
+fn a_second_signal_while_stopping_exits_at_once() {
+    // The first attempt gets no answer; the next ones are accepted.
+    let peer = Peer::start(vec![Reply::Hang], Reply::ok());
+    let hub = Hub::new();
+    let config = hub.config(
+        "nzela.toml",
+        &http_to_api(&hub, &peer.url("/api/declarations"), "60s", ""),
+    );
+    let mut d = Daemon::start(hub.dir(), &config, &[], &[]);
+    let id = accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], &order("TWICE-1")).unwrap());
+    d.wait_for("the first attempt to reach the peer", || {
+        (!peer.received().is_empty()).then_some(())
+    });
+
+    d.signal("-TERM");
+    d.wait_for("the stop to begin", || {
+        d.stderr()
+            .iter()
+            .any(|l| l.contains("stopping: no new messages"))
+            .then_some(())
+    });
+    // The attempt in flight holds the stop (shutdown_timeout 60s).
+    thread::sleep(Duration::from_secs(1));
+    assert!(d.running(), "nzela stopped without waiting\n{}", d.dump());
+
+    // Ctrl-C now does not wait.
+    let second = Instant::now();
+    d.signal("-INT");
+    let status = d.wait_exit("the second signal", second, Duration::from_secs(20));
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(130), "{}", d.dump());
+    assert!(
+        took < Duration::from_secs(3),
+        "the forced stop took {took:?}\n{}",
+        d.dump()
+    );
+    assert!(
+        d.stderr().iter().any(|l| l.contains("WARN")
+            && l.contains("second signal while stopping: exiting now")
+            && l.contains("SIGINT")),
+        "{}",
+        d.dump()
+    );
+    // It did not get to the end of an orderly stop.
+    assert!(
+        !d.stderr()
+            .iter()
+            .any(|l| l.trim_end().ends_with(" stopped")),
+        "{}",
+        d.dump()
+    );
+
+    // Nothing is lost: the interrupted delivery is made after a restart,
+    // with the same idempotency key.
+    d.restart();
+    let got = d.wait_for("the delivery after the restart", || {
+        let got = peer.received();
+        (got.len() >= 2).then_some(got)
+    });
+    assert_eq!(got[1].answered, Some(200));
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        got[0].header("idempotency-key")
+    );
+    deliveries_in(&d, &id, 1, "delivered");
+}
+
 // ---------------------------------------------------------------------------
 // 9. nzela check
 
@@ -1190,6 +1322,160 @@ fn check_reports_every_problem_with_file_and_line_and_run_refuses() {
     );
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     assert!(check.stdout.contains("ok"), "{check:?}");
+}
+
+/// Panics unless `output` has a line `<kind>: FILE:LINE: KEY: ...` that
+/// also contains `what`.
+fn assert_reported(output: &str, kind: &str, file: &str, line: usize, key: &str, what: &str) {
+    let at = format!("{kind}: {file}:{line}: {key}: ");
+    assert!(
+        output
+            .lines()
+            .any(|l| l.starts_with(&at) && l.contains(what)),
+        "no {kind} \"{what}\" at {at}\n{output}"
+    );
+}
+
+#[test]
+fn check_reports_routes_folders_formats_and_retries_that_cannot_work() {
+    let hub = Hub::new();
+    let asycuda = lit(&mapping(ASYCUDA_MAPPING));
+    let text = [
+        top(&hub, "5s"),
+        http_source("orders", ORDERS_PATH, "header_read_timeout = \"5s\"\n"),
+        http_source("status", "/in/status", "header_read_timeout = \"20s\"\n"),
+        // Relative folders, as they are usually written.
+        "\n[sources.inbox]\ntype = \"file\"\npath = \"data/in\"\nformat = \"xml\"\n".to_owned(),
+        "\n[sources.loop]\ntype = \"file\"\npath = \"data/loop\"\nformat = \"json\"\ndone = \"./data/loop/\"\n".to_owned(),
+        "\n[destinations.customs_outbox]\ntype = \"file\"\npath = \"data/out/customs\"\n".to_owned(),
+        // The inbox and its error folder, written otherwise.
+        "\n[destinations.echo]\ntype = \"file\"\npath = \"./data/in/\"\n".to_owned(),
+        "\n[destinations.refused]\ntype = \"file\"\npath = \"data/x/../in/error\"\n".to_owned(),
+        "\n[destinations.api]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\n[destinations.api.retry]\nmax_attempts = 3\ninitial_backoff = \"10s\"\nmax_backoff = \"5s\"\n".to_owned(),
+        format!("\n[routes.nowhere_from]\nfrom = []\nmapping = {asycuda}\nto = \"customs_outbox\"\n"),
+        format!("\n[routes.twice]\nfrom = \"orders\"\nmapping = {asycuda}\nto = [\"customs_outbox\", \"api\", \"customs_outbox\"]\n"),
+        format!("\n[routes.xml_into_json]\nfrom = [\"inbox\", \"loop\"]\nmapping = {asycuda}\nto = [\"echo\", \"refused\"]\n"),
+        format!("\n[routes.status]\nfrom = \"status\"\nmapping = {asycuda}\nto = \"api\"\n"),
+    ]
+    .concat();
+    let bad = hub.config("bad.toml", &text);
+    let file = bad.to_str().unwrap();
+    let section = |name: &str| format!("[routes.{name}]");
+    let after = |start: &str, needle: &str| {
+        let from = line_with(&text, start);
+        from + text
+            .lines()
+            .skip(from)
+            .position(|l| l.contains(needle))
+            .unwrap()
+            + 1
+    };
+    let errors = [
+        (
+            after(&section("nowhere_from"), "from = []"),
+            "routes.nowhere_from.from",
+            "a route needs at least one source",
+        ),
+        (
+            after(&section("twice"), "to = "),
+            "routes.twice.to",
+            "\"customs_outbox\" is listed more than once",
+        ),
+        (
+            after(&section("xml_into_json"), "mapping = "),
+            "routes.xml_into_json.mapping",
+            "reads json (its `input`), but the source \"inbox\" takes xml (sources.inbox.format)",
+        ),
+        (
+            line_with(&text, "path = \"./data/in/\""),
+            "destinations.echo.path",
+            "./data/in/ is also the inbox of source \"inbox\"",
+        ),
+        (
+            line_with(&text, "data/x/../in/error"),
+            "destinations.refused.path",
+            "is also the `error` folder of source \"inbox\"",
+        ),
+        (
+            line_with(&text, "done = \"./data/loop/\""),
+            "sources.loop.done",
+            "is the inbox itself",
+        ),
+        (
+            line_with(&text, "initial_backoff = \"10s\""),
+            "destinations.api.retry.initial_backoff",
+            "initial_backoff (10s) is longer than max_backoff (5s)",
+        ),
+    ];
+    let warning = (
+        line_with(&text, "header_read_timeout = \"20s\""),
+        "sources.status.header_read_timeout",
+        "20s does not apply",
+    );
+
+    let check = run_bounded(hub.dir(), &[], &["check", "--config", file], DEADLINE);
+    assert_eq!(check.status.code(), Some(78), "{check:?}");
+    for (line, key, what) in errors {
+        assert_reported(&check.stderr, "error", file, line, key, what);
+    }
+    // A source of the mapping's format is not blamed.
+    assert!(
+        !check.stderr.contains("source \"loop\" takes"),
+        "{}",
+        check.stderr
+    );
+    assert!(
+        check
+            .stderr
+            .contains(&format!("{} problem(s) found", errors.len())),
+        "{}",
+        check.stderr
+    );
+
+    // `nzela run` refuses on the same problems.
+    let run = run_bounded(hub.dir(), &[], &["run", "--config", file], DEADLINE);
+    assert_eq!(run.status.code(), Some(78), "{run:?}");
+    for (line, key, what) in errors {
+        assert_reported(&run.stderr, "error", file, line, key, what);
+    }
+    assert!(
+        !hub.path("data/nzela.db").exists(),
+        "a refused run opened the journal"
+    );
+
+    // Fixed, it is clean, with a warning: endpoints on one address whose
+    // header_read_timeout differ (warnings are shown when there is no
+    // error).
+    let fixed = text
+        .replace("from = []", "from = \"orders\"")
+        .replace("\"api\", \"customs_outbox\"]", "\"api\"]")
+        .replace("[\"inbox\", \"loop\"]", "\"loop\"")
+        .replace("path = \"./data/in/\"", "path = \"data/out/echo\"")
+        .replace("data/x/../in/error", "data/out/refused")
+        .replace("done = \"./data/loop/\"", "done = \"data/loop/done\"")
+        .replace("initial_backoff = \"10s\"", "initial_backoff = \"1s\"")
+        + "\n[routes.inbox]\nfrom = \"inbox\"\nmapping = "
+        + &lit(&mapping(MOMO_MAPPING))
+        + "\nto = \"api\"\n";
+    let good = hub.config("good.toml", &fixed);
+    let good = good.to_str().unwrap();
+    let check = run_bounded(hub.dir(), &[], &["check", "--config", good], DEADLINE);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let (line, key, what) = warning;
+    assert_reported(&check.stderr, "warning", good, line, key, what);
+    assert!(
+        check
+            .stderr
+            .contains("the shortest header_read_timeout, 5s (source \"orders\")"),
+        "{}",
+        check.stderr
+    );
+    // The setting that applies is not warned about.
+    assert!(
+        !check.stderr.contains("sources.orders.header_read_timeout"),
+        "{}",
+        check.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1388,6 +1674,95 @@ fn environment_overrides_and_secrets_reach_the_running_daemon() {
         DEADLINE,
     );
     assert!(!without_env.status.success(), "{without_env:?}");
+}
+
+#[test]
+fn environment_values_are_numbers_only_where_settings_are_numbers() {
+    let hub = Hub::new();
+    let inbox = hub.path("in");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            http_source("orders", ORDERS_PATH, ""),
+            format!(
+                "\n[sources.inbox]\ntype = \"file\"\npath = {}\nformat = \"json\"\npattern = \"*.json\"\npoll_interval = \"50ms\"\nsettle = \"100ms\"\n",
+                lit(&inbox)
+            ),
+        ]
+        .concat(),
+    );
+    let file = config.to_str().unwrap();
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    // A text setting keeps a value that looks like a number; number and
+    // true/false settings read theirs.
+    let settings = [
+        ("NZELA__SOURCES__INBOX__PATTERN", "2026"),
+        ("NZELA__SOURCES__ORDERS__MAX_DEPTH", "3"),
+        ("NZELA__DELIVERY__THREADS", "2"),
+    ];
+    let check = run_bounded(
+        hub.dir(),
+        &env(&settings),
+        &["check", "--config", file],
+        DEADLINE,
+    );
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+
+    // A number setting given what is not a number names the variable; a
+    // number out of range is checked as if it were written in the file.
+    for (var, value, key, what) in [
+        (
+            "NZELA__SOURCES__ORDERS__MAX_DEPTH",
+            "deep",
+            "sources.orders.max_depth",
+            "invalid type: string \"deep\"",
+        ),
+        (
+            "NZELA__DELIVERY__NICE",
+            "25",
+            "delivery.nice",
+            "25 is not a nice value",
+        ),
+    ] {
+        let check = run_bounded(
+            hub.dir(),
+            &env(&[(var, value)]),
+            &["check", "--config", file],
+            DEADLINE,
+        );
+        assert_eq!(check.status.code(), Some(78), "{var}={value}: {check:?}");
+        assert!(
+            check.stderr.lines().any(|l| l.contains(key)
+                && l.contains(what)
+                && l.contains(&format!("environment variable {var}"))),
+            "{var}={value}:\n{}",
+            check.stderr
+        );
+    }
+
+    // The running daemon has them: the file named 2026 is taken, not the
+    // *.json one; a body nested deeper than 3 is refused.
+    let d = Daemon::start(hub.dir(), &config, &settings, &[]);
+    let deep = post_json(d.addr(), ORDERS_PATH, &[], br#"{"a": [[[1]]]}"#).unwrap();
+    assert_eq!(deep.status, 400, "{deep:?}");
+    accepted_id(&post_json(d.addr(), ORDERS_PATH, &[], br#"{"a": [1]}"#).unwrap());
+    let staging = hub.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    for name in ["2026", "order.json"] {
+        fs::write(staging.join(name), b"{}").unwrap();
+        fs::rename(staging.join(name), inbox.join(name)).unwrap();
+    }
+    d.wait_for("2026 in done/", || {
+        inbox.join("done/2026").is_file().then_some(())
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(inbox.join("order.json").is_file(), "{}", d.dump());
 }
 
 // ---------------------------------------------------------------------------

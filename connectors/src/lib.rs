@@ -52,6 +52,17 @@ pub enum SourceConfig {
     Amqp(amqp::SourceConfig),
 }
 
+impl SourceConfig {
+    /// The format of the documents the source takes in.
+    pub fn format(&self) -> common::SourceFormat {
+        match self {
+            SourceConfig::HttpServer(c) => c.format,
+            SourceConfig::File(c) => c.format,
+            SourceConfig::Amqp(c) => c.format,
+        }
+    }
+}
+
 /// A `[destinations.NAME]` table: its `type` and that type's settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -278,23 +278,40 @@ impl Daemon {
     /// Sends `signal` (such as `-TERM`) and waits up to `deadline` for the
     /// process to exit; returns its status and how long it took.
     pub fn signal_and_wait(&mut self, signal: &str, deadline: Duration) -> (ExitStatus, Duration) {
-        let pid = self.pid().to_string();
         let start = Instant::now();
+        self.signal(signal);
+        let status = self.wait_exit(&format!("kill {signal}"), start, deadline);
+        (status, start.elapsed())
+    }
+
+    /// Sends `signal` (such as `-TERM`) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
         let sent = Command::new("kill")
             .args([signal, &pid])
             .status()
             .expect("cannot run kill");
         assert!(sent.success(), "kill {signal} {pid} failed");
-        let child = self.child.as_mut().unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("nzela is not running");
+        child.try_wait().expect("cannot wait for nzela").is_none()
+    }
+
+    /// Waits until the process exits, up to `deadline` after `start`;
+    /// panics naming `after` when it does not.
+    pub fn wait_exit(&mut self, after: &str, start: Instant, deadline: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("nzela is not running");
         loop {
             if let Some(status) = child.try_wait().expect("cannot wait for nzela") {
-                let took = start.elapsed();
                 self.child = None;
-                return (status, took);
+                return status;
             }
             if start.elapsed() > deadline {
                 panic!(
-                    "nzela did not exit within {deadline:?} of kill {signal}\n{}",
+                    "nzela did not exit within {deadline:?} of {after}\n{}",
                     self.dump()
                 );
             }

@@ -9,7 +9,10 @@
 //! `done/`. The idempotency key `file:<name>:<size>:<mtime>` makes a file
 //! read again after a crash (committed, not yet moved) a duplicate that is
 //! not routed twice. If the journal cannot take the message, the file
-//! stays in the inbox for the next poll.
+//! stays in the inbox for the next poll. An entry the pattern would take
+//! but that is not a regular file with a UTF-8 name (a symbolic link, a
+//! special file, a name in another encoding) stays where it is, with a
+//! warning naming it, logged once while it stays.
 //!
 //! **Outbox** ([`FileDestination`]). Each delivery is written to a hidden
 //! temporary file in the outbox itself (so that the rename cannot cross

@@ -60,6 +60,21 @@ impl Listed {
     }
 }
 
+/// An inbox entry that is not taken although its name would be: it has
+/// to be seen to, so it is logged (once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Skipped {
+    path: PathBuf,
+    why: &'static str,
+}
+
+/// What a listing of the inbox gave.
+#[derive(Debug, Default)]
+struct Listing {
+    files: Vec<Listed>,
+    skipped: Vec<Skipped>,
+}
+
 /// What was seen of a file at earlier polls.
 struct Seen {
     size: u64,
@@ -138,13 +153,17 @@ impl FileSource {
     pub async fn run(self, intake: Intake, shutdown: CancellationToken) {
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let mut held: HashMap<String, Instant> = HashMap::new();
+        // Entries not taken (a link, a name that is not UTF-8): warned
+        // about once while they stay.
+        let mut warned: HashSet<PathBuf> = HashSet::new();
         // A missing or unreadable inbox is logged when it happens and when
         // it is over, not at every poll.
         let mut readable = true;
         tracing::info!(source = %self.name, inbox = %self.inbox.display(), "watching the inbox");
         while !shutdown.is_cancelled() {
             match self.ready_files(&mut seen).await {
-                Ok(ready) => {
+                Ok((ready, skipped)) => {
+                    self.warn_skipped(&skipped, &mut warned);
                     if !readable {
                         tracing::info!(source = %self.name, inbox = %self.inbox.display(), "the inbox can be read again");
                         readable = true;
@@ -184,12 +203,29 @@ impl FileSource {
         }
     }
 
+    /// Logs each entry not taken the first time it is seen; forgets those
+    /// that went away, so that one that comes back is logged again.
+    fn warn_skipped(&self, skipped: &[Skipped], warned: &mut HashSet<PathBuf>) {
+        warned.retain(|path| skipped.iter().any(|s| s.path == *path));
+        for s in skipped {
+            if warned.insert(s.path.clone()) {
+                tracing::warn!(source = %self.name, file = %s.path.display(), "not taken from the inbox: {}", s.why);
+            }
+        }
+    }
+
     /// Lists the inbox and returns the files that have settled, oldest
-    /// first, updating what was seen of each.
-    async fn ready_files(&self, seen: &mut HashMap<String, Seen>) -> Result<Vec<Listed>, String> {
+    /// first, updating what was seen of each, and the entries not taken.
+    async fn ready_files(
+        &self,
+        seen: &mut HashMap<String, Seen>,
+    ) -> Result<(Vec<Listed>, Vec<Skipped>), String> {
         let inbox = self.inbox.clone();
         let pattern = self.pattern.clone();
-        let listed = blocking(move || list(&inbox, pattern.as_ref()))
+        let Listing {
+            files: listed,
+            skipped,
+        } = blocking(move || list(&inbox, pattern.as_ref()))
             .await?
             .map_err(|e| e.to_string())?;
         let now = Instant::now();
@@ -224,7 +260,7 @@ impl FileSource {
             }
         }
         ready.sort_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.name.cmp(&b.name)));
-        Ok(ready)
+        Ok((ready, skipped))
     }
 
     async fn take(&self, intake: &Intake, file: Listed) -> Taken {
@@ -359,24 +395,45 @@ impl Reader {
 /// The regular, non-hidden files of the inbox that match `pattern`. A file
 /// that vanishes while listed is skipped; symbolic links are never
 /// followed, so the inbox cannot be made to read files elsewhere.
-fn list(inbox: &Path, pattern: Option<&Pattern>) -> io::Result<Vec<Listed>> {
-    let mut out = Vec::new();
+///
+/// Entries whose name would be taken but that are not are returned as
+/// skipped: a name that is not UTF-8, a symbolic link, a special file.
+/// Hidden entries, names the pattern does not match and folders (`done/`,
+/// `error/`) are left alone without a word.
+fn list(inbox: &Path, pattern: Option<&Pattern>) -> io::Result<Listing> {
+    let mut out = Listing::default();
     for entry in fs::read_dir(inbox)? {
         let Ok(entry) = entry else { continue };
         let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            tracing::debug!(inbox = %inbox.display(), file = ?file_name, "a file name that is not UTF-8 is not taken");
-            continue;
-        };
-        if name.starts_with('.') || pattern.is_some_and(|p| !p.matches(name)) {
+        let name = file_name.to_string_lossy();
+        if name.starts_with('.') || pattern.is_some_and(|p| !p.matches(&name)) {
             continue;
         }
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            continue;
+        }
+        let not_taken = if kind.is_symlink() {
+            Some("a symbolic link (links are not followed)")
+        } else if !kind.is_file() {
+            Some("not a regular file")
+        } else if file_name.to_str().is_none() {
+            Some("a file name that is not UTF-8")
+        } else {
+            None
+        };
+        if let Some(why) = not_taken {
+            out.skipped.push(Skipped {
+                path: entry.path(),
+                why,
+            });
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        out.push(Listed {
-            name: name.to_owned(),
+        out.files.push(Listed {
+            name: name.into_owned(),
             path: entry.path(),
             size: meta.len(),
             mtime: meta.modified().unwrap_or(UNIX_EPOCH),
@@ -390,4 +447,47 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("blocking task failed: {e}"))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn links_and_names_that_are_not_utf8_are_listed_as_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        fs::write(inbox.join("order.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(inbox.join("order.json"), inbox.join("link.json")).unwrap();
+        let latin1 = inbox.join(OsStr::from_bytes(b"caf\xE9.json"));
+        fs::write(&latin1, b"{}").unwrap();
+        // Left alone without a word: folders, hidden entries, names the
+        // pattern does not match (links included).
+        fs::create_dir(inbox.join("done")).unwrap();
+        std::os::unix::fs::symlink(inbox.join("order.json"), inbox.join(".hidden.json")).unwrap();
+        std::os::unix::fs::symlink(inbox.join("order.json"), inbox.join("notes.txt")).unwrap();
+
+        let pattern = Pattern::parse("*.json").unwrap();
+        let listing = list(inbox, Some(&pattern)).unwrap();
+        let names: Vec<&str> = listing.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["order.json"]);
+        let mut skipped = listing.skipped;
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(
+            skipped,
+            [
+                Skipped {
+                    path: latin1,
+                    why: "a file name that is not UTF-8",
+                },
+                Skipped {
+                    path: inbox.join("link.json"),
+                    why: "a symbolic link (links are not followed)",
+                },
+            ]
+        );
+    }
 }

@@ -188,6 +188,27 @@ async fn an_empty_file_goes_to_error_with_its_reason() {
 }
 
 #[tokio::test]
+async fn a_csv_file_with_nothing_in_it_goes_to_error_with_its_reason() {
+    let mut inbox = start(json!({"format": "csv"})).await;
+    inbox.drop_file("blank.csv", b"\r\n\r\n");
+    inbox.drop_file("header-only.csv", b"sku,qty\r\n");
+    let note = inbox.errors().join("blank.csv.error");
+    wait_for("the .error note", || note.exists()).await;
+    assert!(inbox.errors().join("blank.csv").exists());
+    assert_eq!(
+        fs::read_to_string(note).unwrap(),
+        "invalid CSV at line 3, column 1: empty document, expected a header row\n"
+    );
+    // A header alone is a document of no records, as `[]` is in JSON.
+    wait_for("header-only.csv in done/", || {
+        inbox.done().join("header-only.csv").exists()
+    })
+    .await;
+    assert_eq!(inbox.messages().len(), 1);
+    inbox.stop().await;
+}
+
+#[tokio::test]
 async fn a_malformed_file_goes_to_error_with_the_position() {
     let mut inbox = start(json!({})).await;
     inbox.drop_file("bad.json", b"{\n  \"a\": 1,\n  \"b\": ]\n}\n");

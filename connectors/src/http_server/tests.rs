@@ -298,6 +298,25 @@ async fn a_large_body_is_decoded_like_a_small_one() {
 }
 
 #[tokio::test]
+async fn an_empty_csv_body_is_400_as_an_empty_json_one_is() {
+    let invoices =
+        endpoint(json!({"listen": "127.0.0.1:0", "path": "/in/invoices", "format": "csv"}));
+    let hub = start(vec![("orders", orders()), ("invoices", invoices)]).await;
+    let a = post_json(hub.addr, "", &[]).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(a.error().contains("empty document"), "{a:?}");
+    for body in [&b""[..], b"\r\n"] {
+        let a = post(hub.addr, "/in/invoices", Some("text/csv"), &[], body).await;
+        assert_eq!(a.status, 400, "{a:?}");
+        assert!(
+            a.error().ends_with("empty document, expected a header row"),
+            "{a:?}"
+        );
+    }
+    assert!(hub.messages().is_empty());
+}
+
+#[tokio::test]
 async fn nesting_deeper_than_max_depth_is_400() {
     let config = endpoint(
         json!({"listen": "127.0.0.1:0", "path": "/in/orders", "format": "json", "max_depth": 3}),

@@ -122,6 +122,21 @@ pub fn decode(input: &[u8], options: &CsvOptions, limits: &Limits) -> Result<Val
         }
         records.push(Value::Object(map));
     }
+    if names.is_none() {
+        // Not even a header: nothing was sent, as with an empty JSON or
+        // XML document. A header alone is a list of no records.
+        let expected = if options.header {
+            "a header row"
+        } else {
+            "a record"
+        };
+        return Err(DecodeError::at_offset(
+            Format::Csv,
+            &text,
+            text.len(),
+            format!("empty document, expected {expected}"),
+        ));
+    }
     Ok(Value::Array(records))
 }
 
@@ -597,15 +612,38 @@ mod tests {
     }
 
     #[test]
-    fn empty_input_and_header_only() {
-        let empty = Value::Array(Vec::new());
-        assert_eq!(read(b"", &CsvOptions::default()), empty);
-        assert_eq!(read(b"a,b\r\n", &CsvOptions::default()), empty);
+    fn empty_input_is_refused_and_a_header_alone_is_no_records() {
+        // Nothing, blank lines, a byte-order mark alone: no document.
+        for input in [&b""[..], b"\r\n\r\n", b"\n", b"\xEF\xBB\xBF"] {
+            let err = read_error(input, &CsvOptions::default());
+            assert_eq!(err.message, "empty document, expected a header row");
+            assert!(err.to_string().starts_with("invalid CSV at line "), "{err}");
+        }
+        let err = read_error(b"\r\n\r\n", &CsvOptions::default());
+        assert_eq!(
+            err.position,
+            Some(Position::LineColumn { line: 3, column: 1 })
+        );
         let bare = CsvOptions {
             header: false,
             ..CsvOptions::default()
         };
-        assert_eq!(read(b"", &bare), empty);
+        assert_eq!(
+            read_error(b"", &bare).message,
+            "empty document, expected a record"
+        );
+        let columns = CsvOptions {
+            header: false,
+            columns: vec!["a".into(), "b".into()],
+            ..CsvOptions::default()
+        };
+        assert_eq!(
+            read_error(b"\n", &columns).message,
+            "empty document, expected a record"
+        );
+        // As `[]` in JSON: a valid document of no records.
+        let empty = Value::Array(Vec::new());
+        assert_eq!(read(b"a,b\r\n", &CsvOptions::default()), empty);
     }
 
     #[test]
