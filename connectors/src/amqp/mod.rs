@@ -18,7 +18,9 @@
 //! - does not decode (or is too large, or the decoder panics on it): kept
 //!   in the journal as `rejected` with the reason ([`Intake::reject`]),
 //!   then `basic.reject` without requeue, which sends it to the queue's
-//!   dead-letter exchange when one is configured.
+//!   dead-letter exchange when one is configured. A body over the size
+//!   limit is not read (nor parsed as a CloudEvent) and not kept: the
+//!   message is kept with its headers and the reason only.
 //!
 //! The AMQP `message_id` is the message's idempotency key (a redelivery
 //! after a lost acknowledgement is a duplicate, not a second message); a

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::config::{ConnectionSettings, SourceConfig};
-use super::incoming::{Received, incoming};
+use super::incoming::{Received, incoming, over_limit};
 use super::{Reconnect, Session, open, short};
 use crate::common::{BusinessKey, check_message, limits};
 
@@ -458,7 +458,7 @@ async fn take(
         properties: &properties,
         body: data,
     };
-    let checked = match incoming(source, received) {
+    let checked = match incoming(source, received, reader.limits.max_bytes) {
         (message, None) => reader.check(message).await,
         (message, Some(reason)) => Checked::Bad(message, reason),
     };
@@ -502,13 +502,12 @@ enum Checked {
 impl Reader {
     /// Decodes the body in the source's format (on the blocking pool when
     /// it is large) and reads the business key.
-    async fn check(self: &Arc<Self>, message: Incoming) -> Checked {
+    async fn check(self: &Arc<Self>, mut message: Incoming) -> Checked {
+        // The delivery's body was measured before; this is the data of a
+        // structured CloudEvent.
         if message.body.len() > self.limits.max_bytes {
-            let reason = format!(
-                "the body ({} bytes) is over the limit of {} bytes",
-                message.body.len(),
-                self.limits.max_bytes
-            );
+            let reason = over_limit(message.body.len(), self.limits.max_bytes);
+            message.body = Vec::new();
             return Checked::Bad(message, reason);
         }
         let (mut message, result) = if message.body.len() <= INLINE_DECODE_MAX {
