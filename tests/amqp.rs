@@ -318,22 +318,7 @@ impl Nzela {
     /// Starts nzela and waits until its source consumes and its
     /// destination is connected.
     fn start(dir: &Path, config: &str) -> Nzela {
-        let path = dir.join("nzela.toml");
-        std::fs::write(&path, config).expect("write the configuration");
-        let log = dir.join(format!("nzela-{}.log", unique()));
-        let out = std::fs::File::create(&log).expect("create the log");
-        let err = out.try_clone().expect("clone the log");
-        let child = Command::new(env!("CARGO_BIN_EXE_nzela"))
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start nzela");
-        let n = Nzela { child, log };
+        let n = Nzela::spawn(dir, config);
         n.wait_log(
             |l| {
                 l.contains("\"consuming\"")
@@ -342,6 +327,34 @@ impl Nzela {
             Duration::from_secs(20),
         );
         n
+    }
+
+    /// Starts nzela on `config` (written to `dir/nzela.toml`), in `dir`.
+    fn spawn(dir: &Path, config: &str) -> Nzela {
+        let path = dir.join("nzela.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        Nzela::run(dir, &path, &[])
+    }
+
+    /// Starts `nzela run --config CONFIG` in `dir` with these environment
+    /// variables, its output to a log file in `dir`.
+    fn run(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Nzela {
+        let log = dir.join(format!("nzela-{}.log", unique()));
+        let out = std::fs::File::create(&log).expect("create the log");
+        let err = out.try_clone().expect("clone the log");
+        let child = Command::new(env!("CARGO_BIN_EXE_nzela"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start nzela");
+        Nzela { child, log }
     }
 
     fn log(&self) -> String {
@@ -977,4 +990,73 @@ fn the_example_configuration_is_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_exists_with_other_arguments_is_reported_as_such_until_fixed() {
+    let _shared = broker_lock(false).await;
+    let b = Broker::new().await;
+    let orders = b.name("orders");
+    // The queue exists, classic; the configuration declares it quorum.
+    b.channel
+        .queue_declare(
+            orders.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the queue first");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&b, dir.path(), 10, 4).replace(
+        "level = \"info\"",
+        "level = \"info,nzela_connectors=debug\"",
+    );
+    let mut nzela = Nzela::spawn(dir.path(), &config);
+    // Said once, at error level, with the broker's reply; every further
+    // attempt (each second) only at debug level.
+    nzela.wait_log(
+        |l| {
+            l.matches("still failing to connect to the AMQP broker")
+                .count()
+                >= 3
+        },
+        Duration::from_secs(30),
+    );
+    let log = nzela.log();
+    let mismatch: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("does not match the configuration"))
+        .collect();
+    assert_eq!(mismatch.len(), 1, "{log}");
+    let line = mismatch[0];
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "the broker refuses to declare the queue \\\"{orders}\\\": 406 PRECONDITION_FAILED - inequivalent arg"
+        )),
+        "{line}"
+    );
+    assert!(
+        !log.contains("cannot reach the AMQP broker"),
+        "a refusal is not an unreachable broker: {log}"
+    );
+    assert!(
+        !log.contains("Channel closed"),
+        "the AMQP client's own errors are not logged: {log}"
+    );
+
+    // The operator deletes the queue: nzela declares it and consumes.
+    b.channel
+        .queue_delete(orders.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the queue");
+    nzela.wait_log(
+        |l| l.contains("\"consuming\"") && l.contains("the AMQP broker is back"),
+        Duration::from_secs(30),
+    );
+    nzela.stop();
+    b.cleanup().await;
 }

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 
 use super::config::{ConnectionSettings, DestinationConfig, header_template_name};
 use super::confirms::{Confirms, Verdict};
-use super::{Reconnect, Session, open, short};
+use super::{OpenError, Reconnect, Session, open, reason, short};
 use crate::template::Templates;
 
 /// How often the supervisor checks that the connection and channel are
@@ -316,7 +316,7 @@ async fn supervise(
                 }
             }
             Err(e) => {
-                link.set(None, &e);
+                link.set(None, &e.to_string());
                 reconnect.failed("amqp destination", &name, &e)
             }
         };
@@ -328,7 +328,7 @@ async fn supervise(
 }
 
 /// Opens a session and puts its channel in confirm mode.
-async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, String> {
+async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, OpenError> {
     let session = open(settings, name).await?;
     match session
         .channel
@@ -338,7 +338,10 @@ async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, Str
         Ok(()) => Ok(session),
         Err(e) => {
             session.close().await;
-            Err(format!("cannot enable publisher confirms: {e}"))
+            Err(OpenError::Unreachable(format!(
+                "cannot enable publisher confirms: {}",
+                reason(&e)
+            )))
         }
     }
 }

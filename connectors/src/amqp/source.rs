@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::config::{ConnectionSettings, SourceConfig};
 use super::incoming::{Received, incoming, over_limit};
-use super::{Reconnect, Session, open, short};
+use super::{OpenError, Reconnect, Session, open, request_failed, short};
 use crate::common::{BusinessKey, check_message, limits};
 
 /// How often the consumer checks that its connection and channel are
@@ -263,24 +263,26 @@ impl AmqpSource {
     }
 
     /// Connects, declares, sets the prefetch, starts consuming.
-    async fn start(&self) -> Result<(Session, Consumer), String> {
+    async fn start(&self) -> Result<(Session, Consumer), OpenError> {
         let session = open(&self.connection, &self.name).await?;
         let started = async {
+            let failed =
+                |request: String, e: lapin::Error| request_failed(&session.url, request, &e);
             session
                 .channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await
-                .map_err(|e| format!("cannot set the prefetch: {e}"))?;
+                .map_err(|e| failed("set the prefetch".to_owned(), e))?;
             session
                 .channel
                 .basic_consume(
-                    short(&self.queue)?,
-                    short(&self.consumer_tag)?,
+                    short(&self.queue).map_err(OpenError::Unreachable)?,
+                    short(&self.consumer_tag).map_err(OpenError::Unreachable)?,
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| format!("cannot consume the queue \"{}\": {e}", self.queue))
+                .map_err(|e| failed(format!("consume the queue \"{}\"", self.queue), e))
         }
         .await;
         match started {

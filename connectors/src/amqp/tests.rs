@@ -773,6 +773,35 @@ async fn a_confirm_that_does_not_come_resets_the_channel() {
     }
 }
 
+/// A queue or exchange declared here, before nzela, by the test.
+async fn declare_first(
+    channel: &lapin::Channel,
+    queue: Option<&str>,
+    exchange: Option<(&str, lapin::ExchangeKind)>,
+) {
+    if let Some(q) = queue {
+        channel
+            .queue_declare(
+                q.into(),
+                lapin::options::QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the queue first");
+    }
+    if let Some((x, kind)) = exchange {
+        channel
+            .exchange_declare(
+                x.into(),
+                kind,
+                lapin::options::ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the exchange first");
+    }
+}
+
 async fn delete(channel: &lapin::Channel, queues: &[&str], exchanges: &[&str]) {
     for q in queues {
         let _ = channel
@@ -787,6 +816,99 @@ async fn delete(channel: &lapin::Channel, queues: &[&str], exchanges: &[&str]) {
             )
             .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declaration_the_broker_refuses_is_a_topology_mismatch_not_an_unreachable_broker() {
+    let s = unique();
+    let (queue, exchange) = (format!("t.{s}.mismatch"), format!("t.{s}.mismatch-x"));
+    let (_connection, channel) = broker_channel().await;
+    // A classic queue and a direct exchange exist; the configuration says
+    // quorum, and topic.
+    declare_first(
+        &channel,
+        Some(&queue),
+        Some((&exchange, lapin::ExchangeKind::Direct)),
+    )
+    .await;
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"queues": [{"name": queue, "durable": false, "arguments": {"x-queue-type": "quorum"}}]}
+    }))
+    .unwrap();
+    let refusal = match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => r,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("the mismatched queue was declared"),
+    };
+    assert_eq!(refusal.request, format!("declare the queue \"{queue}\""));
+    assert_eq!(refusal.code, 406);
+    assert!(
+        refusal
+            .text
+            .starts_with("PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"),
+        "{refusal:?}"
+    );
+    assert!(refusal.is_mismatch());
+    let shown = refusal.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "amqp://127.0.0.1:5672/%2f: the broker refuses to declare the queue \"{queue}\": 406 PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("it exists on the broker with other settings"),
+        "{shown}"
+    );
+
+    // An exchange of another type.
+    let c = destination(json!({
+        "exchange": exchange,
+        "topology": {"exchanges": [{"name": exchange, "kind": "topic", "durable": false}]}
+    }))
+    .unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => {
+            assert_eq!(r.request, format!("declare the exchange \"{exchange}\""));
+            assert!(
+                r.text
+                    .starts_with("PRECONDITION_FAILED - inequivalent arg 'type'"),
+                "{r:?}"
+            );
+            assert!(r.is_mismatch());
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("the mismatched exchange was declared"),
+    }
+
+    // A binding to an exchange that does not exist is refused too, but is
+    // no mismatch.
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"bindings": [{"queue": queue, "exchange": format!("t.{s}.missing")}]}
+    }))
+    .unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => {
+            assert_eq!(r.code, 404, "{r:?}");
+            assert!(r.text.starts_with("NOT_FOUND - no exchange"), "{r:?}");
+            assert!(!r.is_mismatch());
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("bound to a missing exchange"),
+    }
+
+    // No broker at all is another thing.
+    let c = source(json!({"url": "amqp://guest:guest@127.0.0.1:1/%2f"})).unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Unreachable(e)) => {
+            assert!(e.starts_with("amqp://127.0.0.1:1/%2f: "), "{e}")
+        }
+        Err(other) => panic!("expected an unreachable broker, got {other}"),
+        Ok(_) => panic!("connected to port 1"),
+    }
+    delete(&channel, &[&queue], &[&exchange]).await;
 }
 
 #[test]
