@@ -1060,3 +1060,71 @@ async fn a_queue_that_exists_with_other_arguments_is_reported_as_such_until_fixe
     nzela.stop();
     b.cleanup().await;
 }
+
+/// The broker's id of the connection named `name` (`rabbitmqctl
+/// list_connections`: one line a connection, its pid then its client
+/// properties, where `{"connection_name","NAME"}`).
+fn connection_pid(name: &str) -> Option<String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--silent"])
+        .output()
+        .expect("run rabbitmqctl");
+    let named = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&named))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_broker_is_logged_with_its_reason() {
+    let _shared = broker_lock(false).await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A source name of its own: the broker knows the connection by it.
+    let source = format!("orders_{}", b.s.replace('-', "_"));
+    let config = config(&b, dir.path(), 10, 4)
+        .replace("[sources.orders]", &format!("[sources.{source}]"))
+        .replace("[[sources.orders.", &format!("[[sources.{source}."))
+        .replace("from = \"orders\"", &format!("from = \"{source}\""));
+    let mut nzela = Nzela::start(dir.path(), &config);
+    let connection = format!("nzela {source}");
+    let reason = format!("test {}", b.s);
+    let closing = reason.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = loop {
+            if let Some(pid) = connection_pid(&connection) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker does not list {connection}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        rabbitmqctl(&["close_connection", &pid, &closing]);
+    })
+    .await
+    .unwrap();
+    nzela.wait_log(
+        |l| l.contains("the AMQP broker is back"),
+        Duration::from_secs(30),
+    );
+    let log = nzela.log();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lost the AMQP broker"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{log}");
+    assert!(
+        lost[0].contains(&format!(
+            "the connection was closed: 320 CONNECTION_FORCED - {reason}"
+        )),
+        "{}",
+        lost[0]
+    );
+    nzela.stop();
+    b.cleanup().await;
+}

@@ -38,11 +38,14 @@
 //!
 //! **Reconnection.** Both sides run a supervisor: when the connection or
 //! the channel is lost (broker restart, network cut, channel error) it
-//! logs a warning, reconnects with exponential backoff (`reconnect_backoff`
-//! doubling up to `reconnect_max_backoff`), trying each URL in turn,
-//! declares the topology again, and resumes; it logs when the broker is
-//! back. A delivery received and not yet acknowledged when the connection
-//! drops is delivered again by the broker. While the broker is away, the
+//! logs a warning with the reason (the broker's own when it closed the
+//! connection or the channel: `320 CONNECTION_FORCED - broker forced
+//! connection closure with reason 'shutdown'`), reconnects with
+//! exponential backoff (`reconnect_backoff` doubling up to
+//! `reconnect_max_backoff`), trying each URL in turn, declares the
+//! topology again, and resumes; it logs when the broker is back. A
+//! delivery received and not yet acknowledged when the connection drops is
+//! delivered again by the broker. While the broker is away, the
 //! destination answers "unavailable" at once (no attempt is counted), and
 //! deliveries wait in the journal until it is back.
 //!
@@ -62,8 +65,11 @@ mod source;
 mod tests;
 
 use std::fmt;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_core::Stream;
+use futures_util::StreamExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -78,11 +84,18 @@ pub use source::AmqpSource;
 
 use config::ConnectionSettings;
 
+/// How long to wait, once the connection is seen closed, for lapin to say
+/// why.
+const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
+
 /// An open connection and its channel, topology declared.
 pub(crate) struct Session {
     pub connection: Connection,
     pub channel: Channel,
     pub url: BrokerUrl,
+    /// The connection's events: the error it ends with. Read only once it
+    /// is lost.
+    events: tokio::sync::Mutex<Pin<Box<dyn Stream<Item = lapin::Event> + Send>>>,
 }
 
 impl Session {
@@ -99,6 +112,41 @@ impl Session {
             let _ = self.connection.close(200, "nzela is stopping".into()).await;
         })
         .await;
+    }
+
+    /// Why the connection was lost, once it is: the broker's
+    /// `connection.close` (`320 CONNECTION_FORCED - broker forced
+    /// connection closure with reason 'shutdown'`) or the I/O error, as
+    /// lapin reports it (a moment after the connection is seen closed).
+    pub async fn connection_error(&self) -> Option<String> {
+        let mut events = self.events.lock().await;
+        let error = async {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event {
+                    return Some(reason(&e));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(CLOSE_REASON_WAIT, error)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// What to log when the connection or the channel is found closed:
+    /// which of them, and why: the connection's error, or `known` (what
+    /// the channel's users learnt of its closing).
+    pub async fn lost(&self, known: Option<String>) -> String {
+        let (what, why) = if self.connection.status().connected() {
+            ("channel", known)
+        } else {
+            ("connection", self.connection_error().await.or(known))
+        };
+        match why {
+            Some(why) => format!("the {what} was closed: {why}"),
+            None => format!("the {what} was closed"),
+        }
     }
 }
 
@@ -231,6 +279,7 @@ async fn open_one(
         OpenError::Unreachable(format!("no answer within {:?}", settings.connect_timeout))
     })?
     .map_err(|e| OpenError::Unreachable(reason(&e)))?;
+    let events = connection.events_listener();
     let session = async {
         let channel = connection
             .create_channel()
@@ -244,6 +293,7 @@ async fn open_one(
             connection,
             channel,
             url: url.clone(),
+            events: tokio::sync::Mutex::new(Box::pin(events)),
         }),
         Ok(Err(e)) => {
             let _ = connection.close(200, "declaration failed".into()).await;

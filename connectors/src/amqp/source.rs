@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::config::{ConnectionSettings, SourceConfig};
 use super::incoming::{Received, incoming, over_limit};
-use super::{OpenError, Reconnect, Session, open, request_failed, short};
+use super::{OpenError, Reconnect, Session, open, reason, request_failed, short};
 use crate::common::{BusinessKey, check_message, limits};
 
 /// How often the consumer checks that its connection and channel are
@@ -32,6 +32,9 @@ const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// count a delivery against the queue's `x-delivery-limit` each time.
 const COMMIT_RETRY: Duration = Duration::from_millis(100);
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long a channel found closed is given to say why.
+const CHANNEL_ERROR_WAIT: Duration = Duration::from_millis(200);
 
 /// Bodies up to this size are decoded on the async worker, larger ones on
 /// the blocking pool (as for HTTP endpoints).
@@ -346,7 +349,8 @@ impl AmqpSource {
                 }
                 _ = health.tick() => {
                     if !session.is_open() {
-                        return End::Lost("the connection or channel was closed".to_owned());
+                        let why = channel_error(&mut consumer).await;
+                        return End::Lost(session.lost(why).await);
                     }
                     continue;
                 }
@@ -354,12 +358,12 @@ impl AmqpSource {
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
-                Some(Err(e)) => return End::Lost(e.to_string()),
+                Some(Err(e)) => return End::Lost(session.lost(Some(reason(&e))).await),
                 None => {
                     return End::Lost(if session.is_open() {
                         "the broker cancelled the consumer (was the queue deleted?)".to_owned()
                     } else {
-                        "the connection or channel was closed".to_owned()
+                        session.lost(None).await
                     });
                 }
             };
@@ -387,6 +391,26 @@ impl AmqpSource {
 
 async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
     std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await
+}
+
+/// The error a closed channel ended with, which lapin hands its consumer
+/// (after any delivery it had received: those are dropped, the broker
+/// delivers them again as their channel is gone). `None` when the channel
+/// closed without one (the connection is closing).
+async fn channel_error(consumer: &mut Consumer) -> Option<String> {
+    let error = async {
+        loop {
+            match next_delivery(consumer).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(reason(&e)),
+                None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(CHANNEL_ERROR_WAIT, error)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Commits a delivery with `commit` (accept or keep as rejected), trying

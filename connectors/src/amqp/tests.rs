@@ -911,6 +911,107 @@ async fn a_declaration_the_broker_refuses_is_a_topology_mismatch_not_an_unreacha
     delete(&channel, &[&queue], &[&exchange]).await;
 }
 
+/// The broker's id of the connection named `name` (`rabbitmqctl
+/// list_connections`: one line a connection, its pid then its client
+/// properties, where `{"connection_name","NAME"}`).
+fn connection_pid(name: &str) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--silent"])
+        .output()
+        .expect("run rabbitmqctl");
+    let named = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&named))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_broker_closes_is_lost_with_the_broker_s_reason() {
+    let name = format!("t-{}", unique());
+    let c = source(json!({})).unwrap();
+    let session = super::open(&c.connection(), &name)
+        .await
+        .unwrap_or_else(|e| panic!("no session: {e}"));
+    let connection_name = format!("nzela {name}");
+    let pid = tokio::task::spawn_blocking(move || {
+        // The broker lists a connection a moment after it is open.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pid) = connection_pid(&connection_name) {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker does not list the connection {connection_name}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "closed by an operator"])
+            .output()
+            .expect("run rabbitmqctl")
+    })
+    .await
+    .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+    until("the connection is closed", Duration::from_secs(10), || {
+        !session.connection.status().connected()
+    })
+    .await;
+    let why = session.lost(None).await;
+    assert_eq!(
+        why,
+        "the connection was closed: 320 CONNECTION_FORCED - closed by an operator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_broker_closes_is_lost_with_the_broker_s_reason() {
+    let exchange = format!("t.{}.vanishing", unique());
+    let c = destination(json!({
+        "exchange": exchange,
+        // Long enough for the reason to be read before reconnecting.
+        "reconnect_backoff": "30s",
+        "topology": {"exchanges": [{"name": exchange, "durable": false}]}
+    }))
+    .unwrap();
+    let d = AmqpDestination::build("vanishing", &c).await.unwrap();
+    until_connected(&d).await;
+    // The exchange is deleted under the destination: publishing to it is
+    // a channel error.
+    let (_connection, channel) = broker_channel().await;
+    delete(&channel, &[], &[&exchange]).await;
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => assert!(
+            error.contains(&format!(
+                "404 NOT_FOUND - no exchange '{exchange}' in vhost '/'"
+            )),
+            "{error}"
+        ),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    until("the channel is given up", Duration::from_secs(10), || {
+        !d.is_connected()
+    })
+    .await;
+    match d.send(&sample()).await {
+        SendOutcome::Unavailable { error } => assert!(
+            error.starts_with("not connected to the AMQP broker: the channel was closed: ")
+                && error.contains(&format!(
+                    "404 NOT_FOUND - no exchange '{exchange}' in vhost '/'"
+                )),
+            "{error}"
+        ),
+        other => panic!("expected the destination unavailable, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_body_over_the_limit_is_refused_unread_and_not_kept() {
     let mut table = FieldTable::default();
