@@ -4,7 +4,10 @@
 //! skip.
 //!
 //! Every test uses queues and exchanges of its own (a random suffix), and
-//! deletes them at the end. The broker-restart test stops the broker for
+//! deletes them at the end; but the one that runs the example configuration
+//! as shipped, whose names are the example's: it reads what nzela publishes
+//! through queues of its own, picks out its own order by its number, and
+//! deletes only what it created. The broker-restart test stops the broker for
 //! everyone: it holds the broker lock ([`broker_lock`]) exclusively, the
 //! others share it.
 
@@ -990,6 +993,228 @@ fn the_example_configuration_is_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether the queue exists (a passive declare, on a channel of its own:
+/// a missing queue closes it).
+async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+    let Ok(channel) = connection.create_channel().await else {
+        return false;
+    };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    let _ = channel.close(200, "done".into()).await;
+    exists
+}
+
+/// Whether the exchange exists, as [`queue_exists`].
+async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
+    let Ok(channel) = connection.create_channel().await else {
+        return false;
+    };
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..lapin::options::ExchangeDeclareOptions::default()
+    };
+    let exists = channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = channel.close(200, "done".into()).await;
+    exists
+}
+
+/// A queue of the test's own, gone with its connection, bound to
+/// `exchange` with `key`.
+async fn own_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the test's queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the test's queue");
+}
+
+/// Waits for the message on `queue` whose body contains `needle` (others,
+/// from other runs on the same exchange, are dropped).
+async fn wait_for(
+    channel: &Channel,
+    queue: &str,
+    needle: &str,
+    within: Duration,
+) -> lapin::message::BasicGetMessage {
+    let deadline = Instant::now() + within;
+    loop {
+        while let Some(m) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            if String::from_utf8_lossy(&m.delivery.data).contains(needle) {
+                return m;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing with {needle} arrived on {queue} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies the folder `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a folder");
+    for entry in std::fs::read_dir(from).expect("read a folder") {
+        let entry = entry.expect("a folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// The queues and exchanges `config/examples/rabbitmq.toml` declares.
+const EXAMPLE_QUEUES: [&str; 4] = [
+    "marketplace.orders",
+    "marketplace.orders.rejected",
+    "customs.declarations",
+    "commerce.orders",
+];
+const EXAMPLE_EXCHANGES: [&str; 4] = ["marketplace", "marketplace.dlx", "customs", "commerce"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_runs_as_shipped() {
+    let _shared = broker_lock(false).await;
+    let s = unique();
+    let connection = connect().await;
+    // What the example declares is left as found: what it creates here is
+    // deleted at the end, what was there before is not.
+    let mut created_queues = Vec::new();
+    for q in EXAMPLE_QUEUES {
+        if !queue_exists(&connection, q).await {
+            created_queues.push(q);
+        }
+    }
+    let mut created_exchanges = Vec::new();
+    for x in EXAMPLE_EXCHANGES {
+        if !exchange_exists(&connection, x).await {
+            created_exchanges.push(x);
+        }
+    }
+    // The example's relative paths (mappings, journal) are from the folder
+    // nzela runs in, as from the repository root.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("config"), &dir.path().join("config"));
+    copy_dir(&root().join("mappings"), &dir.path().join("mappings"));
+    let mut nzela = Nzela::run(
+        dir.path(),
+        Path::new("config/examples/rabbitmq.toml"),
+        &[("NZELA_AMQP_URL", BROKER_URL)],
+    );
+    nzela.wait_log(
+        |l| l.contains("consuming") && l.matches("connected to the AMQP broker").count() >= 3,
+        Duration::from_secs(30),
+    );
+
+    let channel = connection.create_channel().await.expect("open a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let (customs, commerce) = (format!("t.{s}.customs-out"), format!("t.{s}.commerce-out"));
+    own_queue(&channel, &customs, "customs", "declaration.export").await;
+    own_queue(&channel, &commerce, "commerce", "order.ubl").await;
+
+    // The sample order, with an order number of its own: other runs may
+    // publish to the same exchanges.
+    let order_id = format!("GB-EX-{s}");
+    publish_on(
+        &channel,
+        "marketplace.orders",
+        &order(&order_id),
+        &format!("m-{s}"),
+        Some(&format!("c-{s}")),
+    )
+    .await
+    .expect("publish the order");
+
+    let declaration = wait_for(&channel, &customs, &order_id, Duration::from_secs(30)).await;
+    let d = &declaration.delivery;
+    assert_eq!(d.exchange.as_str(), "customs");
+    assert_eq!(d.routing_key.as_str(), "declaration.export");
+    assert!(
+        is_uuid(&text(d.properties.message_id())),
+        "{:?}",
+        d.properties
+    );
+    assert_eq!(text(d.properties.content_type()), "application/xml");
+    assert_eq!(text(d.properties.correlation_id()), format!("c-{s}"));
+    let xml = String::from_utf8_lossy(&d.data);
+    assert!(xml.contains("<ASYCUDA>"), "{xml}");
+
+    let ubl = wait_for(&channel, &commerce, &order_id, Duration::from_secs(30)).await;
+    let u = &ubl.delivery;
+    assert_eq!(u.exchange.as_str(), "commerce");
+    assert_eq!(u.routing_key.as_str(), "order.ubl");
+    assert!(
+        is_uuid(&text(u.properties.message_id())),
+        "{:?}",
+        u.properties
+    );
+    assert_ne!(
+        text(u.properties.message_id()),
+        text(d.properties.message_id()),
+        "each delivery has its own id"
+    );
+    assert_eq!(text(u.properties.content_type()), "application/xml");
+    let xml = String::from_utf8_lossy(&u.data);
+    assert!(xml.contains("<Order"), "{xml}");
+
+    nzela.stop();
+    assert!(
+        dir.path().join("data/nzela-rabbitmq.db").is_file(),
+        "the journal is where the example says"
+    );
+    for q in created_queues {
+        let _ = channel
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in created_exchanges {
+        let _ = channel
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
