@@ -771,6 +771,9 @@ async fn a_confirm_that_does_not_come_resets_the_channel() {
         SendOutcome::Transient { error, .. } => assert!(error.starts_with("unroutable"), "{error}"),
         other => panic!("expected the message returned, got {other:?}"),
     }
+    // Never bound, the exchange is not deleted by itself.
+    let (_connection, channel) = broker_channel().await;
+    delete(&channel, &[], &[&exchange]).await;
 }
 
 /// A queue or exchange declared here, before nzela, by the test.
