@@ -4,7 +4,10 @@
 //! skip.
 //!
 //! Every test uses queues and exchanges of its own (a random suffix), and
-//! deletes them at the end. The broker-restart test stops the broker for
+//! deletes them at the end; but the one that runs the example configuration
+//! as shipped, whose names are the example's: it reads what nzela publishes
+//! through queues of its own, picks out its own order by its number, and
+//! deletes only what it created. The broker-restart test stops the broker for
 //! everyone: it holds the broker lock ([`broker_lock`]) exclusively, the
 //! others share it.
 
@@ -318,22 +321,7 @@ impl Nzela {
     /// Starts nzela and waits until its source consumes and its
     /// destination is connected.
     fn start(dir: &Path, config: &str) -> Nzela {
-        let path = dir.join("nzela.toml");
-        std::fs::write(&path, config).expect("write the configuration");
-        let log = dir.join(format!("nzela-{}.log", unique()));
-        let out = std::fs::File::create(&log).expect("create the log");
-        let err = out.try_clone().expect("clone the log");
-        let child = Command::new(env!("CARGO_BIN_EXE_nzela"))
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start nzela");
-        let n = Nzela { child, log };
+        let n = Nzela::spawn(dir, config);
         n.wait_log(
             |l| {
                 l.contains("\"consuming\"")
@@ -342,6 +330,34 @@ impl Nzela {
             Duration::from_secs(20),
         );
         n
+    }
+
+    /// Starts nzela on `config` (written to `dir/nzela.toml`), in `dir`.
+    fn spawn(dir: &Path, config: &str) -> Nzela {
+        let path = dir.join("nzela.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        Nzela::run(dir, &path, &[])
+    }
+
+    /// Starts `nzela run --config CONFIG` in `dir` with these environment
+    /// variables, its output to a log file in `dir`.
+    fn run(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Nzela {
+        let log = dir.join(format!("nzela-{}.log", unique()));
+        let out = std::fs::File::create(&log).expect("create the log");
+        let err = out.try_clone().expect("clone the log");
+        let child = Command::new(env!("CARGO_BIN_EXE_nzela"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start nzela");
+        Nzela { child, log }
     }
 
     fn log(&self) -> String {
@@ -977,4 +993,363 @@ fn the_example_configuration_is_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether the queue exists (a passive declare, on a channel of its own:
+/// a missing queue closes it).
+async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+    let Ok(channel) = connection.create_channel().await else {
+        return false;
+    };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    let _ = channel.close(200, "done".into()).await;
+    exists
+}
+
+/// Whether the exchange exists, as [`queue_exists`].
+async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
+    let Ok(channel) = connection.create_channel().await else {
+        return false;
+    };
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..lapin::options::ExchangeDeclareOptions::default()
+    };
+    let exists = channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = channel.close(200, "done".into()).await;
+    exists
+}
+
+/// A queue of the test's own, gone with its connection, bound to
+/// `exchange` with `key`.
+async fn own_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the test's queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the test's queue");
+}
+
+/// Waits for the message on `queue` whose body contains `needle` (others,
+/// from other runs on the same exchange, are dropped).
+async fn wait_for(
+    channel: &Channel,
+    queue: &str,
+    needle: &str,
+    within: Duration,
+) -> lapin::message::BasicGetMessage {
+    let deadline = Instant::now() + within;
+    loop {
+        while let Some(m) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            if String::from_utf8_lossy(&m.delivery.data).contains(needle) {
+                return m;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing with {needle} arrived on {queue} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies the folder `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a folder");
+    for entry in std::fs::read_dir(from).expect("read a folder") {
+        let entry = entry.expect("a folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// The queues and exchanges `config/examples/rabbitmq.toml` declares.
+const EXAMPLE_QUEUES: [&str; 4] = [
+    "marketplace.orders",
+    "marketplace.orders.rejected",
+    "customs.declarations",
+    "commerce.orders",
+];
+const EXAMPLE_EXCHANGES: [&str; 4] = ["marketplace", "marketplace.dlx", "customs", "commerce"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_runs_as_shipped() {
+    let _shared = broker_lock(false).await;
+    let s = unique();
+    let connection = connect().await;
+    // What the example declares is left as found: what it creates here is
+    // deleted at the end, what was there before is not.
+    let mut created_queues = Vec::new();
+    for q in EXAMPLE_QUEUES {
+        if !queue_exists(&connection, q).await {
+            created_queues.push(q);
+        }
+    }
+    let mut created_exchanges = Vec::new();
+    for x in EXAMPLE_EXCHANGES {
+        if !exchange_exists(&connection, x).await {
+            created_exchanges.push(x);
+        }
+    }
+    // The example's relative paths (mappings, journal) are from the folder
+    // nzela runs in, as from the repository root.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("config"), &dir.path().join("config"));
+    copy_dir(&root().join("mappings"), &dir.path().join("mappings"));
+    let mut nzela = Nzela::run(
+        dir.path(),
+        Path::new("config/examples/rabbitmq.toml"),
+        &[("NZELA_AMQP_URL", BROKER_URL)],
+    );
+    nzela.wait_log(
+        |l| l.contains("consuming") && l.matches("connected to the AMQP broker").count() >= 3,
+        Duration::from_secs(30),
+    );
+
+    let channel = connection.create_channel().await.expect("open a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let (customs, commerce) = (format!("t.{s}.customs-out"), format!("t.{s}.commerce-out"));
+    own_queue(&channel, &customs, "customs", "declaration.export").await;
+    own_queue(&channel, &commerce, "commerce", "order.ubl").await;
+
+    // The sample order, with an order number of its own: other runs may
+    // publish to the same exchanges.
+    let order_id = format!("GB-EX-{s}");
+    publish_on(
+        &channel,
+        "marketplace.orders",
+        &order(&order_id),
+        &format!("m-{s}"),
+        Some(&format!("c-{s}")),
+    )
+    .await
+    .expect("publish the order");
+
+    let declaration = wait_for(&channel, &customs, &order_id, Duration::from_secs(30)).await;
+    let d = &declaration.delivery;
+    assert_eq!(d.exchange.as_str(), "customs");
+    assert_eq!(d.routing_key.as_str(), "declaration.export");
+    assert!(
+        is_uuid(&text(d.properties.message_id())),
+        "{:?}",
+        d.properties
+    );
+    assert_eq!(text(d.properties.content_type()), "application/xml");
+    assert_eq!(text(d.properties.correlation_id()), format!("c-{s}"));
+    let xml = String::from_utf8_lossy(&d.data);
+    assert!(xml.contains("<ASYCUDA>"), "{xml}");
+
+    let ubl = wait_for(&channel, &commerce, &order_id, Duration::from_secs(30)).await;
+    let u = &ubl.delivery;
+    assert_eq!(u.exchange.as_str(), "commerce");
+    assert_eq!(u.routing_key.as_str(), "order.ubl");
+    assert!(
+        is_uuid(&text(u.properties.message_id())),
+        "{:?}",
+        u.properties
+    );
+    assert_ne!(
+        text(u.properties.message_id()),
+        text(d.properties.message_id()),
+        "each delivery has its own id"
+    );
+    assert_eq!(text(u.properties.content_type()), "application/xml");
+    let xml = String::from_utf8_lossy(&u.data);
+    assert!(xml.contains("<Order"), "{xml}");
+
+    nzela.stop();
+    assert!(
+        dir.path().join("data/nzela-rabbitmq.db").is_file(),
+        "the journal is where the example says"
+    );
+    for q in created_queues {
+        let _ = channel
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in created_exchanges {
+        let _ = channel
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_exists_with_other_arguments_is_reported_as_such_until_fixed() {
+    let _shared = broker_lock(false).await;
+    let b = Broker::new().await;
+    let orders = b.name("orders");
+    // The queue exists, classic; the configuration declares it quorum.
+    b.channel
+        .queue_declare(
+            orders.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the queue first");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&b, dir.path(), 10, 4).replace(
+        "level = \"info\"",
+        "level = \"info,nzela_connectors=debug\"",
+    );
+    let mut nzela = Nzela::spawn(dir.path(), &config);
+    // Said once, at error level, with the broker's reply; every further
+    // attempt (each second) only at debug level.
+    nzela.wait_log(
+        |l| {
+            l.matches("still failing to connect to the AMQP broker")
+                .count()
+                >= 3
+        },
+        Duration::from_secs(30),
+    );
+    let log = nzela.log();
+    let mismatch: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("does not match the configuration"))
+        .collect();
+    assert_eq!(mismatch.len(), 1, "{log}");
+    let line = mismatch[0];
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "the broker refuses to declare the queue \\\"{orders}\\\": 406 PRECONDITION_FAILED - inequivalent arg"
+        )),
+        "{line}"
+    );
+    assert!(
+        !log.contains("cannot reach the AMQP broker"),
+        "a refusal is not an unreachable broker: {log}"
+    );
+    assert!(
+        !log.contains("Channel closed"),
+        "the AMQP client's own errors are not logged: {log}"
+    );
+
+    // The operator deletes the queue: nzela declares it and consumes.
+    b.channel
+        .queue_delete(orders.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the queue");
+    nzela.wait_log(
+        |l| l.contains("\"consuming\"") && l.contains("the AMQP broker is back"),
+        Duration::from_secs(30),
+    );
+    nzela.stop();
+    b.cleanup().await;
+}
+
+/// The broker's id of the connection named `name` (`rabbitmqctl
+/// list_connections`: one line a connection, its pid then its client
+/// properties, where `{"connection_name","NAME"}`).
+fn connection_pid(name: &str) -> Option<String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--silent"])
+        .output()
+        .expect("run rabbitmqctl");
+    let named = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&named))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_broker_is_logged_with_its_reason() {
+    let _shared = broker_lock(false).await;
+    let b = Broker::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A source name of its own: the broker knows the connection by it.
+    let source = format!("orders_{}", b.s.replace('-', "_"));
+    let config = config(&b, dir.path(), 10, 4)
+        .replace("[sources.orders]", &format!("[sources.{source}]"))
+        .replace("[[sources.orders.", &format!("[[sources.{source}."))
+        .replace("from = \"orders\"", &format!("from = \"{source}\""));
+    let mut nzela = Nzela::start(dir.path(), &config);
+    let connection = format!("nzela {source}");
+    let reason = format!("test {}", b.s);
+    let closing = reason.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = loop {
+            if let Some(pid) = connection_pid(&connection) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker does not list {connection}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        rabbitmqctl(&["close_connection", &pid, &closing]);
+    })
+    .await
+    .unwrap();
+    nzela.wait_log(
+        |l| l.contains("the AMQP broker is back"),
+        Duration::from_secs(30),
+    );
+    let log = nzela.log();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lost the AMQP broker"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{log}");
+    assert!(
+        lost[0].contains(&format!(
+            "the connection was closed: 320 CONNECTION_FORCED - {reason}"
+        )),
+        "{}",
+        lost[0]
+    );
+    nzela.stop();
+    b.cleanup().await;
 }

@@ -84,8 +84,8 @@ fn delivery_runtime(settings: &config::DeliveryConfig) -> std::io::Result<tokio:
 fn init_logging(format: &str, level: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => EnvFilter::try_new(f),
-        _ => EnvFilter::try_new(level),
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(quiet_amqp_client(&f)),
+        _ => EnvFilter::try_new(quiet_amqp_client(level)),
     }
     .map_err(|e| format!("bad log level \"{level}\": {e}"))?;
     let builder = tracing_subscriber::fmt()
@@ -102,6 +102,18 @@ fn init_logging(format: &str, level: &str) -> Result<(), String> {
         other => return Err(format!("\"{other}\" is not a log format: text or json")),
     };
     result.map_err(|e| format!("cannot start logging: {e}"))
+}
+
+/// The filter, with the AMQP client (lapin) off unless it names it. The
+/// AMQP connector logs what lapin would, once and with what it was doing;
+/// lapin logs a declaration the broker refuses as an error at every
+/// attempt, and warns of every message the broker returns.
+fn quiet_amqp_client(filter: &str) -> String {
+    if filter.contains("lapin") {
+        filter.to_owned()
+    } else {
+        format!("{filter},lapin=off")
+    }
 }
 
 /// Whether log lines may carry colours (ANSI escape codes): only when

@@ -383,7 +383,10 @@ async fn collect(
                         confirmed
                     }
                     Err(e) => {
-                        Confirmed::Failed(format!("the broker did not confirm the message: {e}"))
+                        Confirmed::Failed(format!(
+                            "the broker did not confirm the message: {}",
+                            super::reason(&e)
+                        ))
                     }
                 };
                 book.confirmed(ticket, confirmed, tickets);

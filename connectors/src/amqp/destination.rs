@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 
 use super::config::{ConnectionSettings, DestinationConfig, header_template_name};
 use super::confirms::{Confirms, Verdict};
-use super::{Reconnect, Session, open, short};
+use super::{OpenError, Reconnect, Session, open, reason, short};
 use crate::template::Templates;
 
 /// How often the supervisor checks that the connection and channel are
@@ -50,6 +50,8 @@ struct Link {
     error: RwLock<String>,
     /// A publish failed in a way that suggests the channel is gone.
     broken: Notify,
+    /// How it failed, for the log should the channel be gone.
+    broken_why: std::sync::Mutex<Option<String>>,
     /// Whether there is a channel, for [`Destination::available`].
     connected: watch::Sender<bool>,
 }
@@ -74,6 +76,19 @@ impl Link {
         if let Ok(mut e) = self.error.write() {
             error.clone_into(&mut e);
         }
+    }
+
+    /// A publish failed, for this reason, in a way that suggests the
+    /// channel is gone: the supervisor looks.
+    fn broke(&self, why: &str) {
+        if let Ok(mut w) = self.broken_why.lock() {
+            *w = Some(why.to_owned());
+        }
+        self.broken.notify_one();
+    }
+
+    fn take_broken_why(&self) -> Option<String> {
+        self.broken_why.lock().ok().and_then(|mut w| w.take())
     }
 
     fn error(&self) -> String {
@@ -165,8 +180,9 @@ impl AmqpDestination {
             Err(e) => {
                 // The ticket, dropped untracked, resets the channel.
                 drop(ticket);
-                self.link.broken.notify_one();
-                return transient(format!("cannot publish: {e}"));
+                let why = format!("cannot publish: {}", reason(&e));
+                self.link.broke(&why);
+                return transient(why);
             }
         };
         let verdict = ticket.track(out.delivery_id.clone(), confirm);
@@ -200,7 +216,7 @@ impl AmqpDestination {
                 "the broker refused the message (nack) on the exchange \"{exchange}\""
             )),
             Verdict::Failed(why) => {
-                self.link.broken.notify_one();
+                self.link.broke(&why);
                 transient(why)
             }
         }
@@ -289,6 +305,7 @@ async fn supervise(
         let wait = match opened {
             Ok(session) => {
                 reconnect.connected("amqp destination", &name, &session.url);
+                link.take_broken_why();
                 let collector = stop.child_token();
                 let current = Arc::new(Current {
                     channel: session.channel.clone(),
@@ -316,7 +333,7 @@ async fn supervise(
                 }
             }
             Err(e) => {
-                link.set(None, &e);
+                link.set(None, &e.to_string());
                 reconnect.failed("amqp destination", &name, &e)
             }
         };
@@ -328,7 +345,7 @@ async fn supervise(
 }
 
 /// Opens a session and puts its channel in confirm mode.
-async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, String> {
+async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, OpenError> {
     let session = open(settings, name).await?;
     match session
         .channel
@@ -338,7 +355,10 @@ async fn start(settings: &ConnectionSettings, name: &str) -> Result<Session, Str
         Ok(()) => Ok(session),
         Err(e) => {
             session.close().await;
-            Err(format!("cannot enable publisher confirms: {e}"))
+            Err(OpenError::Unreachable(format!(
+                "cannot enable publisher confirms: {}",
+                reason(&e)
+            )))
         }
     }
 }
@@ -355,11 +375,8 @@ async fn watch(session: &Session, link: &Link, confirms: &Confirms) -> String {
             () = link.broken.notified() => {}
             why = &mut reset => return why,
         }
-        if !session.connection.status().connected() {
-            return "the connection was closed".to_owned();
-        }
-        if !session.channel.status().connected() {
-            return "the channel was closed".to_owned();
+        if !session.is_open() {
+            return session.lost(link.take_broken_why()).await;
         }
     }
 }

@@ -18,6 +18,11 @@
 //!
 //! The event's `id` is the message's idempotency key; otherwise the AMQP
 //! `message_id` is.
+//!
+//! A body over the source's `max_body_size` is refused before anything
+//! reads it (a structured CloudEvent is not parsed), and is not kept: the
+//! message is its headers and the reason only. The broker's dead-letter
+//! queue, when the queue has one, holds the whole message.
 
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
@@ -34,11 +39,21 @@ pub(crate) struct Received<'a> {
 
 const STRUCTURED: &str = "application/cloudevents+json";
 
-/// The message for `source`, and the reason to refuse it when it is a
-/// structured CloudEvent that cannot be read (the message is then as
-/// received).
-pub(crate) fn incoming(source: &str, r: Received<'_>) -> (Incoming, Option<String>) {
+/// The message for `source`, and the reason to refuse it: its body is over
+/// `max_body` bytes (the message then has no body), or it is a structured
+/// CloudEvent that cannot be read (the message is then as received).
+pub(crate) fn incoming(
+    source: &str,
+    r: Received<'_>,
+    max_body: usize,
+) -> (Incoming, Option<String>) {
     let p = r.properties;
+    let size = r.body.len();
+    let (body, oversize) = if size > max_body {
+        (Vec::new(), Some(over_limit(size, max_body)))
+    } else {
+        (r.body, None)
+    };
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut push = |name: &str, value: Option<String>| {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
@@ -74,7 +89,7 @@ pub(crate) fn incoming(source: &str, r: Received<'_>) -> (Incoming, Option<Strin
     let content_type = text(p.content_type());
     let mut message = Incoming {
         source: source.to_owned(),
-        body: r.body,
+        body,
         content_type,
         headers,
         correlation_id: text(p.correlation_id()).filter(|c| !c.is_empty()),
@@ -87,10 +102,10 @@ pub(crate) fn incoming(source: &str, r: Received<'_>) -> (Incoming, Option<Strin
         .as_deref()
         .and_then(|c| c.split(';').next())
         .is_some_and(|c| c.trim().eq_ignore_ascii_case(STRUCTURED));
-    let refused = if structured {
-        unwrap_structured(&mut message).err()
-    } else {
-        None
+    let refused = match oversize {
+        Some(reason) => Some(reason),
+        None if structured => unwrap_structured(&mut message).err(),
+        None => None,
     };
     message.idempotency_key = key(&message, p);
     (message, refused)
@@ -105,6 +120,13 @@ fn key(message: &Incoming, p: &BasicProperties) -> Option<String> {
         .map(|(_, v)| v.clone())
         .or_else(|| p.message_id().as_ref().map(|s| s.as_str().to_owned()))
         .filter(|k| !k.is_empty())
+}
+
+/// Why a body of `size` bytes is refused; the body is not kept.
+pub(crate) fn over_limit(size: usize, max: usize) -> String {
+    format!(
+        "the body ({size} bytes) is over the limit of {max} bytes; it is not kept in the journal"
+    )
 }
 
 /// Replaces a structured CloudEvent by its data, its attributes becoming

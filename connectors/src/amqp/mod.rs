@@ -18,7 +18,9 @@
 //! - does not decode (or is too large, or the decoder panics on it): kept
 //!   in the journal as `rejected` with the reason ([`Intake::reject`]),
 //!   then `basic.reject` without requeue, which sends it to the queue's
-//!   dead-letter exchange when one is configured.
+//!   dead-letter exchange when one is configured. A body over the size
+//!   limit is not read (nor parsed as a CloudEvent) and not kept: the
+//!   message is kept with its headers and the reason only.
 //!
 //! The AMQP `message_id` is the message's idempotency key (a redelivery
 //! after a lost acknowledgement is a duplicate, not a second message); a
@@ -36,13 +38,23 @@
 //!
 //! **Reconnection.** Both sides run a supervisor: when the connection or
 //! the channel is lost (broker restart, network cut, channel error) it
-//! logs a warning, reconnects with exponential backoff (`reconnect_backoff`
-//! doubling up to `reconnect_max_backoff`), trying each URL in turn,
-//! declares the topology again, and resumes; it logs when the broker is
-//! back. A delivery received and not yet acknowledged when the connection
-//! drops is delivered again by the broker. While the broker is away, the
+//! logs a warning with the reason (the broker's own when it closed the
+//! connection or the channel: `320 CONNECTION_FORCED - broker forced
+//! connection closure with reason 'shutdown'`), reconnects with
+//! exponential backoff (`reconnect_backoff` doubling up to
+//! `reconnect_max_backoff`), trying each URL in turn, declares the
+//! topology again, and resumes; it logs when the broker is back. A
+//! delivery received and not yet acknowledged when the connection drops is
+//! delivered again by the broker. While the broker is away, the
 //! destination answers "unavailable" at once (no attempt is counted), and
 //! deliveries wait in the journal until it is back.
+//!
+//! **Topology.** A broker that answers but refuses a declaration (the
+//! queue exists with other arguments, the exchange with another type: `406
+//! PRECONDITION_FAILED - inequivalent arg ...`) is not unreachable: that
+//! is logged as an error naming what was declared and the broker's reply,
+//! once, and the connection is tried again with the same backoff, as an
+//! operator may fix the broker or the configuration meanwhile.
 
 mod config;
 mod confirms;
@@ -52,8 +64,12 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_core::Stream;
+use futures_util::StreamExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -68,11 +84,18 @@ pub use source::AmqpSource;
 
 use config::ConnectionSettings;
 
+/// How long to wait, once the connection is seen closed, for lapin to say
+/// why.
+const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
+
 /// An open connection and its channel, topology declared.
 pub(crate) struct Session {
     pub connection: Connection,
     pub channel: Channel,
     pub url: BrokerUrl,
+    /// The connection's events: the error it ends with. Read only once it
+    /// is lost.
+    events: tokio::sync::Mutex<Pin<Box<dyn Stream<Item = lapin::Event> + Send>>>,
 }
 
 impl Session {
@@ -90,28 +113,161 @@ impl Session {
         })
         .await;
     }
+
+    /// Why the connection was lost, once it is: the broker's
+    /// `connection.close` (`320 CONNECTION_FORCED - broker forced
+    /// connection closure with reason 'shutdown'`) or the I/O error, as
+    /// lapin reports it (a moment after the connection is seen closed).
+    pub async fn connection_error(&self) -> Option<String> {
+        let mut events = self.events.lock().await;
+        let error = async {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event {
+                    return Some(reason(&e));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(CLOSE_REASON_WAIT, error)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// What to log when the connection or the channel is found closed:
+    /// which of them, and why: the connection's error, or `known` (what
+    /// the channel's users learnt of its closing).
+    pub async fn lost(&self, known: Option<String>) -> String {
+        let (what, why) = if self.connection.status().connected() {
+            ("channel", known)
+        } else {
+            ("connection", self.connection_error().await.or(known))
+        };
+        match why {
+            Some(why) => format!("the {what} was closed: {why}"),
+            None => format!("the {what} was closed"),
+        }
+    }
+}
+
+/// A lapin error in the broker's words when the broker sent it (the reply
+/// code and text of a `channel.close` or `connection.close`, such as `406
+/// PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue
+/// 'orders' in vhost '/': received none but current is the value 'quorum'
+/// of type 'longstr'`), lapin's otherwise.
+pub(crate) fn reason(e: &lapin::Error) -> String {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            format!("{} {}", amqp.get_id(), amqp.get_message())
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    /// No broker could be reached, or the connection failed: each URL
+    /// tried, and why.
+    Unreachable(String),
+    /// A broker answered, and refused what nzela asked of it.
+    Refused(Refusal),
+}
+
+/// A request the broker refused: a declaration (the entity exists with
+/// other settings: `406 PRECONDITION_FAILED`), a binding to what does not
+/// exist (`404 NOT_FOUND`), what the user may not do (`403
+/// ACCESS_REFUSED`), consuming a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The broker that refused, as shown in logs.
+    pub broker: String,
+    /// What was asked: `declare the queue "orders"`.
+    pub request: String,
+    /// The reply code: 406.
+    pub code: u16,
+    /// The broker's reply text: `PRECONDITION_FAILED - inequivalent arg
+    /// 'x-queue-type' for queue 'orders' ...`.
+    pub text: String,
+}
+
+impl Refusal {
+    /// A refused declaration of an entity that exists with other settings.
+    pub fn is_mismatch(&self) -> bool {
+        self.code == PRECONDITION_FAILED && self.request.starts_with("declare ")
+    }
+}
+
+/// The AMQP reply code of a request whose precondition fails.
+const PRECONDITION_FAILED: u16 = 406;
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: the broker refuses to {}: {} {}",
+            self.broker, self.request, self.code, self.text
+        )?;
+        if self.is_mismatch() {
+            f.write_str(
+                " (it exists on the broker with other settings: change them there, or in the configuration)",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Unreachable(e) => f.write_str(e),
+            OpenError::Refused(r) => r.fmt(f),
+        }
+    }
+}
+
+/// A request on a session's channel failed: refused by the broker (which
+/// closes the channel then), or the connection failed.
+pub(crate) fn request_failed(url: &BrokerUrl, request: String, e: &lapin::Error) -> OpenError {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => OpenError::Refused(Refusal {
+            broker: url.to_string(),
+            request,
+            code: amqp.get_id(),
+            text: amqp.get_message().to_string(),
+        }),
+        _ => OpenError::Unreachable(format!("cannot {request}: {e}")),
+    }
 }
 
 /// Connects to the first URL that answers, opens a channel and declares
-/// the topology. The error names every URL tried and why it failed.
-pub(crate) async fn open(settings: &ConnectionSettings, name: &str) -> Result<Session, String> {
+/// the topology. When a broker refused a declaration, that is the error;
+/// otherwise it names every URL tried and why it failed.
+pub(crate) async fn open(settings: &ConnectionSettings, name: &str) -> Result<Session, OpenError> {
     crate::tls::init();
     let mut errors = Vec::new();
+    let mut refusal = None;
     for url in &settings.urls {
         match open_one(settings, url, name).await {
             Ok(session) => return Ok(session),
-            Err(e) => errors.push(format!("{url}: {e}")),
+            Err(OpenError::Refused(r)) => {
+                refusal.get_or_insert(r);
+            }
+            Err(OpenError::Unreachable(e)) => errors.push(format!("{url}: {e}")),
         }
     }
-    Err(errors.join("; "))
+    Err(match refusal {
+        Some(r) => OpenError::Refused(r),
+        None => OpenError::Unreachable(errors.join("; ")),
+    })
 }
 
 async fn open_one(
     settings: &ConnectionSettings,
     url: &BrokerUrl,
     name: &str,
-) -> Result<Session, String> {
-    let uri = url.uri()?;
+) -> Result<Session, OpenError> {
+    let uri = url.uri().map_err(OpenError::Unreachable)?;
     let properties =
         ConnectionProperties::default().with_connection_name(format!("nzela {name}").into());
     let connection = tokio::time::timeout(
@@ -119,21 +275,25 @@ async fn open_one(
         Connection::connect_uri(uri, properties),
     )
     .await
-    .map_err(|_| format!("no answer within {:?}", settings.connect_timeout))?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| {
+        OpenError::Unreachable(format!("no answer within {:?}", settings.connect_timeout))
+    })?
+    .map_err(|e| OpenError::Unreachable(reason(&e)))?;
+    let events = connection.events_listener();
     let session = async {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| format!("cannot open a channel: {e}"))?;
-        declare(&channel, &settings.topology).await?;
-        Ok::<_, String>(channel)
+            .map_err(|e| OpenError::Unreachable(format!("cannot open a channel: {e}")))?;
+        declare(&channel, &settings.topology, url).await?;
+        Ok::<_, OpenError>(channel)
     };
     match tokio::time::timeout(settings.connect_timeout, session).await {
         Ok(Ok(channel)) => Ok(Session {
             connection,
             channel,
             url: url.clone(),
+            events: tokio::sync::Mutex::new(Box::pin(events)),
         }),
         Ok(Err(e)) => {
             let _ = connection.close(200, "declaration failed".into()).await;
@@ -141,16 +301,19 @@ async fn open_one(
         }
         Err(_) => {
             let _ = connection.close(200, "declaration timed out".into()).await;
-            Err(format!(
+            Err(OpenError::Unreachable(format!(
                 "the channel and topology were not ready within {:?}",
                 settings.connect_timeout
-            ))
+            )))
         }
     }
 }
 
-/// Declares exchanges, then queues, then bindings.
-async fn declare(channel: &Channel, topology: &Topology) -> Result<(), String> {
+/// Declares exchanges, then queues, then bindings. The first the broker
+/// refuses is the error (the broker closes the channel then).
+async fn declare(channel: &Channel, topology: &Topology, url: &BrokerUrl) -> Result<(), OpenError> {
+    let failed = |request: String, e: lapin::Error| request_failed(url, request, &e);
+    let invalid = OpenError::Unreachable;
     for x in &topology.exchanges {
         let kind = match x.kind {
             ExchangeType::Direct => ExchangeKind::Direct,
@@ -164,9 +327,14 @@ async fn declare(channel: &Channel, topology: &Topology) -> Result<(), String> {
             ..ExchangeDeclareOptions::default()
         };
         channel
-            .exchange_declare(short(&x.name)?, kind, options, table(&x.arguments)?)
+            .exchange_declare(
+                short(&x.name).map_err(invalid)?,
+                kind,
+                options,
+                table(&x.arguments).map_err(invalid)?,
+            )
             .await
-            .map_err(|e| format!("cannot declare the exchange \"{}\": {e}", x.name))?;
+            .map_err(|e| failed(format!("declare the exchange \"{}\"", x.name), e))?;
     }
     for q in &topology.queues {
         let options = QueueDeclareOptions {
@@ -175,25 +343,30 @@ async fn declare(channel: &Channel, topology: &Topology) -> Result<(), String> {
             ..QueueDeclareOptions::default()
         };
         channel
-            .queue_declare(short(&q.name)?, options, table(&q.arguments)?)
+            .queue_declare(
+                short(&q.name).map_err(invalid)?,
+                options,
+                table(&q.arguments).map_err(invalid)?,
+            )
             .await
-            .map_err(|e| format!("cannot declare the queue \"{}\": {e}", q.name))?;
+            .map_err(|e| failed(format!("declare the queue \"{}\"", q.name), e))?;
     }
     for b in &topology.bindings {
         channel
             .queue_bind(
-                short(&b.queue)?,
-                short(&b.exchange)?,
-                short(&b.routing_key)?,
+                short(&b.queue).map_err(invalid)?,
+                short(&b.exchange).map_err(invalid)?,
+                short(&b.routing_key).map_err(invalid)?,
                 QueueBindOptions::default(),
-                table(&b.arguments)?,
+                table(&b.arguments).map_err(invalid)?,
             )
             .await
             .map_err(|e| {
-                format!(
-                    "cannot bind the queue \"{}\" to the exchange \"{}\" with \"{}\": {e}",
+                let request = format!(
+                    "bind the queue \"{}\" to the exchange \"{}\" with \"{}\"",
                     b.queue, b.exchange, b.routing_key
-                )
+                );
+                failed(request, e)
             })?;
     }
     Ok(())
@@ -251,19 +424,36 @@ impl Reconnect {
     }
 
     /// A connection attempt failed: logs it (once per distinct error) and
-    /// returns how long to wait before the next one.
-    pub fn failed(&mut self, side: &str, name: &str, error: &str) -> Duration {
+    /// returns how long to wait before the next one. A broker that refused
+    /// the topology is an error to fix (on the broker or in the
+    /// configuration), not a broker away.
+    pub fn failed(&mut self, side: &str, name: &str, error: &OpenError) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let wait = backoff(self.failures, self.initial, self.max);
-        if self.last_logged.as_deref() != Some(error) {
-            tracing::warn!(
-                connector = side, name, error, retry_in = ?wait,
-                "cannot reach the AMQP broker; retrying"
-            );
-            self.last_logged = Some(error.to_owned());
-        } else {
-            tracing::debug!(connector = side, name, error, retry_in = ?wait, "still cannot reach the AMQP broker");
+        let text = error.to_string();
+        if self.last_logged.as_deref() == Some(text.as_str()) {
+            tracing::debug!(connector = side, name, error = text, retry_in = ?wait, "still failing to connect to the AMQP broker");
+            return wait;
         }
+        match error {
+            OpenError::Unreachable(_) => tracing::warn!(
+                connector = side, name, error = text, retry_in = ?wait,
+                "cannot reach the AMQP broker; retrying"
+            ),
+            OpenError::Refused(r) if r.is_mismatch() => tracing::error!(
+                connector = side, name, broker = r.broker, request = r.request,
+                reply = format!("{} {}", r.code, r.text), retry_in = ?wait,
+                "the topology on the AMQP broker does not match the configuration: the broker refuses to {}: {} {}; retrying until it is changed on the broker or in the configuration",
+                r.request, r.code, r.text
+            ),
+            OpenError::Refused(r) => tracing::error!(
+                connector = side, name, broker = r.broker, request = r.request,
+                reply = format!("{} {}", r.code, r.text), retry_in = ?wait,
+                "the AMQP broker refuses to {}: {} {}; retrying",
+                r.request, r.code, r.text
+            ),
+        }
+        self.last_logged = Some(text);
         wait
     }
 

@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::config::{ConnectionSettings, SourceConfig};
-use super::incoming::{Received, incoming};
-use super::{Reconnect, Session, open, short};
+use super::incoming::{Received, incoming, over_limit};
+use super::{OpenError, Reconnect, Session, open, reason, request_failed, short};
 use crate::common::{BusinessKey, check_message, limits};
 
 /// How often the consumer checks that its connection and channel are
@@ -32,6 +32,9 @@ const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// count a delivery against the queue's `x-delivery-limit` each time.
 const COMMIT_RETRY: Duration = Duration::from_millis(100);
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long a channel found closed is given to say why.
+const CHANNEL_ERROR_WAIT: Duration = Duration::from_millis(200);
 
 /// Bodies up to this size are decoded on the async worker, larger ones on
 /// the blocking pool (as for HTTP endpoints).
@@ -263,24 +266,26 @@ impl AmqpSource {
     }
 
     /// Connects, declares, sets the prefetch, starts consuming.
-    async fn start(&self) -> Result<(Session, Consumer), String> {
+    async fn start(&self) -> Result<(Session, Consumer), OpenError> {
         let session = open(&self.connection, &self.name).await?;
         let started = async {
+            let failed =
+                |request: String, e: lapin::Error| request_failed(&session.url, request, &e);
             session
                 .channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await
-                .map_err(|e| format!("cannot set the prefetch: {e}"))?;
+                .map_err(|e| failed("set the prefetch".to_owned(), e))?;
             session
                 .channel
                 .basic_consume(
-                    short(&self.queue)?,
-                    short(&self.consumer_tag)?,
+                    short(&self.queue).map_err(OpenError::Unreachable)?,
+                    short(&self.consumer_tag).map_err(OpenError::Unreachable)?,
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| format!("cannot consume the queue \"{}\": {e}", self.queue))
+                .map_err(|e| failed(format!("consume the queue \"{}\"", self.queue), e))
         }
         .await;
         match started {
@@ -344,7 +349,8 @@ impl AmqpSource {
                 }
                 _ = health.tick() => {
                     if !session.is_open() {
-                        return End::Lost("the connection or channel was closed".to_owned());
+                        let why = channel_error(&mut consumer).await;
+                        return End::Lost(session.lost(why).await);
                     }
                     continue;
                 }
@@ -352,12 +358,12 @@ impl AmqpSource {
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
-                Some(Err(e)) => return End::Lost(e.to_string()),
+                Some(Err(e)) => return End::Lost(session.lost(Some(reason(&e))).await),
                 None => {
                     return End::Lost(if session.is_open() {
                         "the broker cancelled the consumer (was the queue deleted?)".to_owned()
                     } else {
-                        "the connection or channel was closed".to_owned()
+                        session.lost(None).await
                     });
                 }
             };
@@ -385,6 +391,26 @@ impl AmqpSource {
 
 async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
     std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await
+}
+
+/// The error a closed channel ended with, which lapin hands its consumer
+/// (after any delivery it had received: those are dropped, the broker
+/// delivers them again as their channel is gone). `None` when the channel
+/// closed without one (the connection is closing).
+async fn channel_error(consumer: &mut Consumer) -> Option<String> {
+    let error = async {
+        loop {
+            match next_delivery(consumer).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(reason(&e)),
+                None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(CHANNEL_ERROR_WAIT, error)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Commits a delivery with `commit` (accept or keep as rejected), trying
@@ -458,7 +484,7 @@ async fn take(
         properties: &properties,
         body: data,
     };
-    let checked = match incoming(source, received) {
+    let checked = match incoming(source, received, reader.limits.max_bytes) {
         (message, None) => reader.check(message).await,
         (message, Some(reason)) => Checked::Bad(message, reason),
     };
@@ -502,13 +528,12 @@ enum Checked {
 impl Reader {
     /// Decodes the body in the source's format (on the blocking pool when
     /// it is large) and reads the business key.
-    async fn check(self: &Arc<Self>, message: Incoming) -> Checked {
+    async fn check(self: &Arc<Self>, mut message: Incoming) -> Checked {
+        // The delivery's body was measured before; this is the data of a
+        // structured CloudEvent.
         if message.body.len() > self.limits.max_bytes {
-            let reason = format!(
-                "the body ({} bytes) is over the limit of {} bytes",
-                message.body.len(),
-                self.limits.max_bytes
-            );
+            let reason = over_limit(message.body.len(), self.limits.max_bytes);
+            message.body = Vec::new();
             return Checked::Bad(message, reason);
         }
         let (mut message, result) = if message.body.len() <= INLINE_DECODE_MAX {

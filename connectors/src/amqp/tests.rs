@@ -12,6 +12,9 @@ use crate::template::sample;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A source's largest body, where the limit is not what is tested.
+const MAX_BODY: usize = 1 << 20;
+
 fn source(extra: serde_json::Value) -> Result<SourceConfig, String> {
     let mut v = json!({"url": URL, "queue": "orders", "format": "json"});
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
@@ -169,7 +172,7 @@ fn properties_become_headers_and_keys() {
         .with_timestamp(1_700_000_000)
         .with_reply_to("replies".into())
         .with_headers(table);
-    let (m, refused) = incoming("orders", received(&p, b"{}"));
+    let (m, refused) = incoming("orders", received(&p, b"{}"), MAX_BODY);
     assert_eq!(refused, None);
     assert_eq!(m.source, "orders");
     assert_eq!(m.idempotency_key.as_deref(), Some("m-1"));
@@ -187,7 +190,11 @@ fn properties_become_headers_and_keys() {
     assert_eq!(header(&m, "x-amount"), Some("123.45"));
     assert_eq!(header(&m, "x-tags"), Some("[true]"));
     // No message_id: no idempotency key (the business key serves).
-    let (m, _) = incoming("orders", received(&BasicProperties::default(), b"{}"));
+    let (m, _) = incoming(
+        "orders",
+        received(&BasicProperties::default(), b"{}"),
+        MAX_BODY,
+    );
     assert_eq!(m.idempotency_key, None);
     assert_eq!(m.correlation_id, None);
 }
@@ -211,7 +218,7 @@ fn binary_cloudevents_attributes_become_ce_headers_and_the_id_the_key() {
         .with_message_id("m-1".into())
         .with_content_type("application/json".into())
         .with_headers(table);
-    let (m, refused) = incoming("orders", received(&p, b"{\"a\": 1}"));
+    let (m, refused) = incoming("orders", received(&p, b"{\"a\": 1}"), MAX_BODY);
     assert_eq!(refused, None);
     assert_eq!(m.idempotency_key.as_deref(), Some("evt-1"));
     assert_eq!(header(&m, "ce-id"), Some("evt-1"));
@@ -228,7 +235,11 @@ fn a_structured_cloudevent_is_unwrapped_to_its_data() {
         "specversion": "1.0", "id": "evt-2", "source": "/marketplace", "type": "order.paid",
         "datacontenttype": "application/json", "data": {"order": {"order_id": "GB-1"}}
     });
-    let (m, refused) = incoming("orders", received(&p, event.to_string().as_bytes()));
+    let (m, refused) = incoming(
+        "orders",
+        received(&p, event.to_string().as_bytes()),
+        MAX_BODY,
+    );
     assert_eq!(refused, None);
     assert_eq!(m.body, br#"{"order":{"order_id":"GB-1"}}"#);
     assert_eq!(m.content_type.as_deref(), Some("application/json"));
@@ -238,12 +249,16 @@ fn a_structured_cloudevent_is_unwrapped_to_its_data() {
 
     let event = json!({"specversion": "1.0", "id": "evt-3", "source": "/s", "type": "t",
         "datacontenttype": "application/xml", "data_base64": "PGEvPg=="});
-    let (m, refused) = incoming("orders", received(&p, event.to_string().as_bytes()));
+    let (m, refused) = incoming(
+        "orders",
+        received(&p, event.to_string().as_bytes()),
+        MAX_BODY,
+    );
     assert_eq!(refused, None);
     assert_eq!(m.body, b"<a/>");
     assert_eq!(m.content_type.as_deref(), Some("application/xml"));
 
-    let (m, refused) = incoming("orders", received(&p, b"not json"));
+    let (m, refused) = incoming("orders", received(&p, b"not json"), MAX_BODY);
     assert!(
         refused
             .as_deref()
@@ -251,7 +266,7 @@ fn a_structured_cloudevent_is_unwrapped_to_its_data() {
         "{refused:?}"
     );
     assert_eq!(m.body, b"not json", "a refused message is kept as received");
-    let (_, refused) = incoming("orders", received(&p, br#"{"id": "x"}"#));
+    let (_, refused) = incoming("orders", received(&p, br#"{"id": "x"}"#), MAX_BODY);
     assert_eq!(refused.as_deref(), Some("the CloudEvent has no data"));
 }
 
@@ -756,4 +771,391 @@ async fn a_confirm_that_does_not_come_resets_the_channel() {
         SendOutcome::Transient { error, .. } => assert!(error.starts_with("unroutable"), "{error}"),
         other => panic!("expected the message returned, got {other:?}"),
     }
+    // Never bound, the exchange is not deleted by itself.
+    let (_connection, channel) = broker_channel().await;
+    delete(&channel, &[], &[&exchange]).await;
+}
+
+/// A queue or exchange declared here, before nzela, by the test.
+async fn declare_first(
+    channel: &lapin::Channel,
+    queue: Option<&str>,
+    exchange: Option<(&str, lapin::ExchangeKind)>,
+) {
+    if let Some(q) = queue {
+        channel
+            .queue_declare(
+                q.into(),
+                lapin::options::QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the queue first");
+    }
+    if let Some((x, kind)) = exchange {
+        channel
+            .exchange_declare(
+                x.into(),
+                kind,
+                lapin::options::ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the exchange first");
+    }
+}
+
+async fn delete(channel: &lapin::Channel, queues: &[&str], exchanges: &[&str]) {
+    for q in queues {
+        let _ = channel
+            .queue_delete((*q).into(), lapin::options::QueueDeleteOptions::default())
+            .await;
+    }
+    for x in exchanges {
+        let _ = channel
+            .exchange_delete(
+                (*x).into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declaration_the_broker_refuses_is_a_topology_mismatch_not_an_unreachable_broker() {
+    let s = unique();
+    let (queue, exchange) = (format!("t.{s}.mismatch"), format!("t.{s}.mismatch-x"));
+    let (_connection, channel) = broker_channel().await;
+    // A classic queue and a direct exchange exist; the configuration says
+    // quorum, and topic.
+    declare_first(
+        &channel,
+        Some(&queue),
+        Some((&exchange, lapin::ExchangeKind::Direct)),
+    )
+    .await;
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"queues": [{"name": queue, "durable": false, "arguments": {"x-queue-type": "quorum"}}]}
+    }))
+    .unwrap();
+    let refusal = match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => r,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("the mismatched queue was declared"),
+    };
+    assert_eq!(refusal.request, format!("declare the queue \"{queue}\""));
+    assert_eq!(refusal.code, 406);
+    assert!(
+        refusal
+            .text
+            .starts_with("PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"),
+        "{refusal:?}"
+    );
+    assert!(refusal.is_mismatch());
+    let shown = refusal.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "amqp://127.0.0.1:5672/%2f: the broker refuses to declare the queue \"{queue}\": 406 PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("it exists on the broker with other settings"),
+        "{shown}"
+    );
+
+    // An exchange of another type.
+    let c = destination(json!({
+        "exchange": exchange,
+        "topology": {"exchanges": [{"name": exchange, "kind": "topic", "durable": false}]}
+    }))
+    .unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => {
+            assert_eq!(r.request, format!("declare the exchange \"{exchange}\""));
+            assert!(
+                r.text
+                    .starts_with("PRECONDITION_FAILED - inequivalent arg 'type'"),
+                "{r:?}"
+            );
+            assert!(r.is_mismatch());
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("the mismatched exchange was declared"),
+    }
+
+    // A binding to an exchange that does not exist is refused too, but is
+    // no mismatch.
+    let c = source(json!({
+        "queue": queue,
+        "topology": {"bindings": [{"queue": queue, "exchange": format!("t.{s}.missing")}]}
+    }))
+    .unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Refused(r)) => {
+            assert_eq!(r.code, 404, "{r:?}");
+            assert!(r.text.starts_with("NOT_FOUND - no exchange"), "{r:?}");
+            assert!(!r.is_mismatch());
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("bound to a missing exchange"),
+    }
+
+    // No broker at all is another thing.
+    let c = source(json!({"url": "amqp://guest:guest@127.0.0.1:1/%2f"})).unwrap();
+    match super::open(&c.connection(), "mismatch").await {
+        Err(super::OpenError::Unreachable(e)) => {
+            assert!(e.starts_with("amqp://127.0.0.1:1/%2f: "), "{e}")
+        }
+        Err(other) => panic!("expected an unreachable broker, got {other}"),
+        Ok(_) => panic!("connected to port 1"),
+    }
+    delete(&channel, &[&queue], &[&exchange]).await;
+}
+
+/// The broker's id of the connection named `name` (`rabbitmqctl
+/// list_connections`: one line a connection, its pid then its client
+/// properties, where `{"connection_name","NAME"}`).
+fn connection_pid(name: &str) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--silent"])
+        .output()
+        .expect("run rabbitmqctl");
+    let named = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&named))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_broker_closes_is_lost_with_the_broker_s_reason() {
+    let name = format!("t-{}", unique());
+    let c = source(json!({})).unwrap();
+    let session = super::open(&c.connection(), &name)
+        .await
+        .unwrap_or_else(|e| panic!("no session: {e}"));
+    let connection_name = format!("nzela {name}");
+    let pid = tokio::task::spawn_blocking(move || {
+        // The broker lists a connection a moment after it is open.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pid) = connection_pid(&connection_name) {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker does not list the connection {connection_name}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "closed by an operator"])
+            .output()
+            .expect("run rabbitmqctl")
+    })
+    .await
+    .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+    until("the connection is closed", Duration::from_secs(10), || {
+        !session.connection.status().connected()
+    })
+    .await;
+    let why = session.lost(None).await;
+    assert_eq!(
+        why,
+        "the connection was closed: 320 CONNECTION_FORCED - closed by an operator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_broker_closes_is_lost_with_the_broker_s_reason() {
+    let exchange = format!("t.{}.vanishing", unique());
+    let c = destination(json!({
+        "exchange": exchange,
+        // Long enough for the reason to be read before reconnecting.
+        "reconnect_backoff": "30s",
+        "topology": {"exchanges": [{"name": exchange, "durable": false}]}
+    }))
+    .unwrap();
+    let d = AmqpDestination::build("vanishing", &c).await.unwrap();
+    until_connected(&d).await;
+    // The exchange is deleted under the destination: publishing to it is
+    // a channel error.
+    let (_connection, channel) = broker_channel().await;
+    delete(&channel, &[], &[&exchange]).await;
+    match d.send(&sample()).await {
+        SendOutcome::Transient { error, .. } => assert!(
+            error.contains(&format!(
+                "404 NOT_FOUND - no exchange '{exchange}' in vhost '/'"
+            )),
+            "{error}"
+        ),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    until("the channel is given up", Duration::from_secs(10), || {
+        !d.is_connected()
+    })
+    .await;
+    match d.send(&sample()).await {
+        SendOutcome::Unavailable { error } => assert!(
+            error.starts_with("not connected to the AMQP broker: the channel was closed: ")
+                && error.contains(&format!(
+                    "404 NOT_FOUND - no exchange '{exchange}' in vhost '/'"
+                )),
+            "{error}"
+        ),
+        other => panic!("expected the destination unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_unread_and_not_kept() {
+    let mut table = FieldTable::default();
+    table.insert(
+        "x-partner".into(),
+        AMQPValue::LongString(LongString::from("global-b2b")),
+    );
+    let p = BasicProperties::default()
+        .with_message_id("m-big".into())
+        .with_content_type("application/cloudevents+json".into())
+        .with_headers(table);
+    // Not a CloudEvent at all: it would be refused as such if it were read.
+    let body = vec![b'x'; 2048];
+    let (m, refused) = incoming("orders", received(&p, &body), 1024);
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            "the body (2048 bytes) is over the limit of 1024 bytes; it is not kept in the journal"
+        )
+    );
+    assert!(m.body.is_empty(), "the body is not kept");
+    assert_eq!(m.idempotency_key.as_deref(), Some("m-big"));
+    assert_eq!(header(&m, "x-partner"), Some("global-b2b"));
+    assert_eq!(
+        header(&m, "content_type"),
+        Some("application/cloudevents+json")
+    );
+    // At the limit, it is read.
+    let (_, refused) = incoming("orders", received(&p, &body), 2048);
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.contains("not a structured CloudEvent")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_delivery_is_kept_as_rejected_without_its_body() {
+    use nzela_core::journal::{Inspector, Journal, ListFilter, SqliteJournal};
+    use nzela_core::runtime::router::Feed;
+    use nzela_core::runtime::{CancellationToken, Intake};
+
+    let queue = format!("t.{}.oversize", unique());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("journal.db");
+    let journal = std::sync::Arc::new(SqliteJournal::open(&db).unwrap());
+    let shutdown = CancellationToken::new();
+    let intake = Intake::new(
+        journal.clone() as std::sync::Arc<dyn Journal>,
+        Feed::default(),
+        shutdown.clone(),
+    );
+    let c = source(json!({
+        "queue": queue,
+        "max_body_size": "1KiB",
+        "topology": {"queues": [{"name": queue, "durable": false}]}
+    }))
+    .unwrap();
+    let source = super::AmqpSource::build("orders", &c).await.unwrap();
+    let running = tokio::spawn(source.run(intake, shutdown.clone()));
+    let (connection, channel) = broker_channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(queue_state(&connection, &queue).await, Some((_, 1))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source did not start consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut table = FieldTable::default();
+    table.insert(
+        "x-partner".into(),
+        AMQPValue::LongString(LongString::from("global-b2b")),
+    );
+    let big = BasicProperties::default()
+        .with_message_id("m-big".into())
+        .with_content_type("application/cloudevents+json".into())
+        .with_headers(table);
+    let small = BasicProperties::default().with_message_id("m-small".into());
+    for (body, properties) in [(vec![b' '; 4096], big), (b"{\"n\": 1}".to_vec(), small)] {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+    let inspector = Inspector::open(&db).unwrap();
+    let all = ListFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while inspector.list(&all).unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two deliveries were not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejected = inspector
+        .list(&ListFilter {
+            state: Some("rejected".to_owned()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rejected.len(), 1, "only the large one is rejected");
+    let shown = inspector.show(&rejected[0].id).unwrap();
+    assert!(shown.body.is_empty(), "the body is not kept");
+    let header = |name: &str| {
+        shown
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("message_id"), Some("m-big"));
+    assert_eq!(header("x-partner"), Some("global-b2b"));
+    let reason = shown
+        .events
+        .iter()
+        .find(|e| e.kind == "rejected")
+        .and_then(|e| e.detail.as_deref());
+    assert_eq!(
+        reason,
+        Some(
+            "the body (4096 bytes) is over the limit of 1024 bytes; it is not kept in the journal"
+        )
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the source stops")
+        .expect("the source task");
+    // Both were answered: nothing is left on the queue.
+    assert_eq!(queue_state(&connection, &queue).await, Some((0, 0)));
+    delete(&channel, &[&queue], &[]).await;
 }
