@@ -39,14 +39,17 @@ echo "nzela RSS before: $(rss) KiB"
 (while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss)"; sleep 1; done) > "$work/samples" &
 start=$(date +%s.%N)
 t0=$(ticks)
+times > "$work/times.0"
 ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
-  ${WRK_WRAP:-} wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
+  wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
   "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
 accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")
 t1=$(ticks)
+times > "$work/times.1"
 echo "accepted (202): $((accepted - refused)) of $accepted requests"
 echo "nzela CPU while taking them in: $(per_order "$t0" "$t1" "$accepted") us per order"
+echo "wrk's own CPU: $(echo "($(children_cpu "$work/times.1") - $(children_cpu "$work/times.0")) * 1000000 / $accepted" | bc) us per request"
 
 if [ -n "${INTAKE_ONLY:-}" ]; then
   echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"

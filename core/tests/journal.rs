@@ -267,7 +267,7 @@ async fn a_message_routed_twice_keeps_the_deliveries_of_the_first_routing() {
     // A delivery id (the `Idempotency-Key` or `message_id` a receiver saw)
     // finds its message, in a list as in `show`.
     let inspector = Inspector::open(&path).unwrap();
-    assert_eq!(inspector.find("d-first").unwrap(), [id.clone()]);
+    assert_eq!(inspector.find("d-first").unwrap(), [id.as_str()]);
     let listed = inspector
         .list(&ListFilter {
             key: Some("d-first".into()),
