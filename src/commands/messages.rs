@@ -269,9 +269,11 @@ fn short(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
 }
 
+/// A journal time (milliseconds since the epoch) in UTC, always with three
+/// digits of milliseconds so that the times of a trail line up.
 fn time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_else(|_| ms.to_string())
 }
 
@@ -311,4 +313,14 @@ fn detail_json(d: &MessageDetail) -> serde_json::Value {
         );
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_have_three_digits_of_milliseconds() {
+        assert_eq!(super::time(1_796_113_761_580), "2026-12-01T08:29:21.580Z");
+        assert_eq!(super::time(1_796_113_761_000), "2026-12-01T08:29:21.000Z");
+        assert_eq!(super::time(1_796_113_761_007), "2026-12-01T08:29:21.007Z");
+    }
 }
