@@ -194,13 +194,25 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Every problem of a configuration.
+/// Every problem of a configuration, and the warnings found beside them.
 #[derive(Debug)]
-pub struct Problems(pub Vec<Problem>);
+pub struct Problems {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Problems {
+    fn one(problem: Problem) -> Problems {
+        Problems {
+            errors: vec![problem],
+            warnings: Vec::new(),
+        }
+    }
+}
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
+        for (i, p) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
@@ -460,12 +472,12 @@ fn env_sets(key: &str) -> bool {
 /// Loads and checks the configuration file (with environment overrides).
 pub fn load(file: &Path) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        Problems(vec![Problem {
+        Problems::one(Problem {
             file: file.to_owned(),
             line: None,
             key: None,
             message: format!("cannot read the configuration: {e}"),
-        }])
+        })
     })?;
     let mut l = Loader {
         file,
@@ -493,18 +505,21 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
                 .err()
                 .and_then(|e| e.span())
                 .map(|s| line_at(&text, s.start));
-            return Err(Problems(vec![Problem {
+            return Err(Problems::one(Problem {
                 file: file.to_owned(),
                 line,
                 key: None,
                 message: e.to_string(),
-            }]));
+            }));
         }
     };
     resolve_secrets(&mut root, "", &mut l);
     let Json::Object(mut top) = root else {
         l.problem("", "the configuration must be a table of settings");
-        return Err(Problems(l.problems));
+        return Err(Problems {
+            errors: l.problems,
+            warnings: l.warnings,
+        });
     };
     for key in top.keys() {
         if !TOP_KEYS.contains(&key.as_str()) {
@@ -705,7 +720,10 @@ pub fn load(file: &Path) -> Result<Config, Problems> {
         }
     }
     if !l.problems.is_empty() {
-        return Err(Problems(l.problems));
+        return Err(Problems {
+            errors: l.problems,
+            warnings: l.warnings,
+        });
     }
     Ok(Config {
         journal,

@@ -1431,6 +1431,9 @@ fn check_reports_routes_folders_formats_and_retries_that_cannot_work() {
         "{}",
         check.stderr
     );
+    // Warnings are shown beside the errors, not only once they are fixed.
+    let (line, key, what) = warning;
+    assert_reported(&check.stderr, "warning", file, line, key, what);
 
     // `nzela run` refuses on the same problems.
     let run = run_bounded(hub.dir(), &[], &["run", "--config", file], DEADLINE);
@@ -1444,8 +1447,7 @@ fn check_reports_routes_folders_formats_and_retries_that_cannot_work() {
     );
 
     // Fixed, it is clean, with a warning: endpoints on one address whose
-    // header_read_timeout differ (warnings are shown when there is no
-    // error).
+    // header_read_timeout differ.
     let fixed = text
         .replace("from = []", "from = \"orders\"")
         .replace("\"api\", \"customs_outbox\"]", "\"api\"]")

@@ -27,10 +27,13 @@ pub fn run(file: &Path) -> ExitCode {
             finish(written, &mut out, ExitCode::SUCCESS)
         }
         Err(problems) => {
-            for p in &problems.0 {
+            for p in &problems.errors {
                 eprintln!("error: {p}");
             }
-            eprintln!("{} problem(s) found", problems.0.len());
+            for w in &problems.warnings {
+                eprintln!("warning: {w}");
+            }
+            eprintln!("{} problem(s) found", problems.errors.len());
             ExitCode::from(EXIT_CONFIG)
         }
     }

@@ -10,12 +10,15 @@ pub fn run(file: &Path, log_format: Option<&str>) -> ExitCode {
     let config = match config::load(file) {
         Ok(c) => c,
         Err(problems) => {
-            for p in &problems.0 {
+            for p in &problems.errors {
                 eprintln!("error: {p}");
+            }
+            for w in &problems.warnings {
+                eprintln!("warning: {w}");
             }
             eprintln!(
                 "nzela did not start: {} problem(s) in the configuration (see `nzela check`)",
-                problems.0.len()
+                problems.errors.len()
             );
             return ExitCode::from(EXIT_CONFIG);
         }
