@@ -902,6 +902,60 @@ fn check_folders(
             }
         }
     }
+    // Two inboxes on one folder race for its files, unless their patterns
+    // share them out.
+    let inboxes: Vec<_> = sources
+        .iter()
+        .filter_map(|(name, s)| match s {
+            SourceConfig::File(fs) => Some((name, fs, folder(&fs.path))),
+            _ => None,
+        })
+        .collect();
+    for (i, (name, fs, inbox)) in inboxes.iter().enumerate() {
+        let same = |p: &Option<nzela_connectors::file::Pattern>| match (&fs.pattern, p) {
+            (Some(a), Some(b)) => a.as_str() == b.as_str(),
+            _ => true,
+        };
+        if let Some((first, _, _)) = inboxes[..i]
+            .iter()
+            .find(|(_, other, dir)| dir == inbox && same(&other.pattern))
+        {
+            l.warning_near(
+                &format!("sources.{name}.path"),
+                format!(
+                    "{} is also the inbox of source \"{first}\", with the same files to take: each file goes to whichever takes it first (give each a `pattern` of its own)",
+                    fs.path.display()
+                ),
+            );
+        }
+    }
+    // Two outboxes on one folder whose file names can be the same write
+    // over each other's files.
+    let outboxes: Vec<_> = destinations
+        .iter()
+        .filter_map(|(name, d)| match d {
+            DestinationConfig::File(fd) => Some((name, fd, folder(&fd.path))),
+            _ => None,
+        })
+        .collect();
+    for (i, (name, fd, outbox)) in outboxes.iter().enumerate() {
+        let filename = fd.filename.as_str();
+        if filename.contains("delivery_id") {
+            continue;
+        }
+        if let Some((first, _, _)) = outboxes[..i]
+            .iter()
+            .find(|(_, other, dir)| dir == outbox && other.filename.as_str() == filename)
+        {
+            l.warning_near(
+                &format!("destinations.{name}.filename"),
+                format!(
+                    "{} is also the outbox of destination \"{first}\", with the same file names ({filename}): one's files replace the other's (put {{{{ delivery_id }}}} in the name, or use another folder)",
+                    fd.path.display()
+                ),
+            );
+        }
+    }
 }
 
 /// `path` as an absolute path (relative to `base`, when it is known),

@@ -2105,3 +2105,67 @@ const POLL_NOTIFY: Duration = Duration::from_millis(100);
 /// A datagram sent to `NOTIFY_SOCKET`, and the status `GET /health` got
 /// the moment it arrived (when it says `READY=1`; 0 when it failed).
 type Notification = (String, Option<u16>);
+
+#[test]
+fn check_warns_of_inboxes_and_outboxes_that_share_a_folder_and_its_files() {
+    let hub = Hub::new();
+    let asycuda = lit(&mapping(ASYCUDA_MAPPING));
+    let ubl = lit(&mapping(UBL_MAPPING));
+    let config = |first_pattern: &str, second_pattern: &str, second_filename: &str| {
+        [
+            top(&hub, "5s"),
+            format!("\n[sources.orders]\ntype = \"file\"\npath = \"data/in\"\nformat = \"json\"\n{first_pattern}"),
+            format!("\n[sources.resent]\ntype = \"file\"\npath = \"./data/in/\"\nformat = \"json\"\n{second_pattern}"),
+            "\n[destinations.customs]\ntype = \"file\"\npath = \"data/out\"\nfilename = \"{{ message_id }}.xml\"\n".to_owned(),
+            format!("\n[destinations.commerce]\ntype = \"file\"\npath = \"data/out/\"\n{second_filename}"),
+            format!("\n[routes.customs]\nfrom = [\"orders\", \"resent\"]\nmapping = {asycuda}\nto = \"customs\"\n"),
+            format!("\n[routes.commerce]\nfrom = [\"orders\", \"resent\"]\nmapping = {ubl}\nto = \"commerce\"\n"),
+        ]
+        .concat()
+    };
+
+    // One inbox with no pattern takes every file the other would.
+    let text = config(
+        "",
+        "pattern = \"resent-*.json\"\n",
+        "filename = \"{{ message_id }}.xml\"\n",
+    );
+    let shared = hub.config("shared.toml", &text);
+    let file = shared.to_str().unwrap();
+    let check = run_bounded(hub.dir(), &[], &["check", "--config", file], DEADLINE);
+    // Warnings: the configuration still passes.
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert_reported(
+        &check.stderr,
+        "warning",
+        file,
+        line_with(&text, "path = \"./data/in/\""),
+        "sources.resent.path",
+        "is also the inbox of source \"orders\", with the same files to take",
+    );
+    assert_reported(
+        &check.stderr,
+        "warning",
+        file,
+        line_with(&text, "[destinations.customs]") + 3,
+        "destinations.customs.filename",
+        "data/out is also the outbox of destination \"commerce\", with the same file names",
+    );
+
+    // Patterns that share the files out, and names a delivery makes its
+    // own: nothing to warn of.
+    let text = config(
+        "pattern = \"order-*.json\"\n",
+        "pattern = \"resent-*.json\"\n",
+        "filename = \"{{ delivery_id }}.xml\"\n",
+    );
+    let apart = hub.config("apart.toml", &text);
+    let check = run_bounded(
+        hub.dir(),
+        &[],
+        &["check", "--config", apart.to_str().unwrap()],
+        DEADLINE,
+    );
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert!(!check.stderr.contains("warning"), "{}", check.stderr);
+}
