@@ -128,27 +128,11 @@ impl Broker {
     /// A durable queue bound to `exchange` with `key`, to read what nzela
     /// publishes there.
     async fn bind_queue(&self, queue: &str, exchange: &str, key: &str) {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the output queue");
-        self.channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind the output queue");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        declare_bound(&self.channel, queue, durable, exchange, key).await;
     }
 
     async fn publish(&self, body: &[u8], message_id: &str, correlation_id: Option<&str>) {
@@ -1038,18 +1022,26 @@ async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
 /// A queue of the test's own, gone with its connection, bound to
 /// `exchange` with `key`.
 async fn own_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) {
+    let own = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    declare_bound(channel, queue, own, exchange, key).await;
+}
+
+/// Declares `queue` with `options` and binds it to `exchange` with `key`.
+async fn declare_bound(
+    channel: &Channel,
+    queue: &str,
+    options: QueueDeclareOptions,
+    exchange: &str,
+    key: &str,
+) {
     channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(queue.into(), options, FieldTable::default())
         .await
-        .expect("declare the test's queue");
+        .unwrap_or_else(|e| panic!("declare the queue {queue}: {e}"));
     channel
         .queue_bind(
             queue.into(),
@@ -1059,7 +1051,7 @@ async fn own_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) {
             FieldTable::default(),
         )
         .await
-        .expect("bind the test's queue");
+        .unwrap_or_else(|e| panic!("bind the queue {queue} to {exchange}: {e}"));
 }
 
 /// Waits for the message on `queue` whose body contains `needle` (others,
