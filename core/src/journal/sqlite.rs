@@ -1110,30 +1110,35 @@ fn lease(
     now: i64,
     limit: usize,
 ) -> Result<Vec<Leased>, rusqlite::Error> {
+    // Read, then each changed by its rowid: no `UPDATE ... RETURNING`, which
+    // would make SQLite copy every page it touches to a statement journal
+    // (see `record_outcome`).
     let mut stmt = tx.prepare_cached(
-        "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, updated_at = ?2
-         WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2
-                      ORDER BY next_attempt_at LIMIT ?3)
-         RETURNING id, message_id, route, attempts, document_ref, content_type, extension, created_at, budget_attempts, budget_since, waiting_since",
+        "SELECT rowid, id, message_id, route, attempts + 1, document_ref, content_type, extension, created_at,
+                budget_attempts, budget_since, waiting_since
+         FROM deliveries WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2
+         ORDER BY next_attempt_at LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![destination, now, limit as i64], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
-            r.get::<_, u32>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-            r.get::<_, Option<String>>(5)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, u32>(4)?,
+            r.get::<_, Option<i64>>(5)?,
             r.get::<_, Option<String>>(6)?,
-            r.get::<_, i64>(7)?,
-            r.get::<_, u32>(8)?,
-            r.get::<_, i64>(9)?,
-            r.get::<_, Option<i64>>(10)?,
+            r.get::<_, Option<String>>(7)?,
+            r.get::<_, i64>(8)?,
+            r.get::<_, u32>(9)?,
+            r.get::<_, i64>(10)?,
+            r.get::<_, Option<i64>>(11)?,
         ))
     })?;
     let rows = rows.collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (
+        rowid,
         id,
         message_id,
         route,
@@ -1147,6 +1152,10 @@ fn lease(
         waiting_since,
     ) in rows
     {
+        tx.prepare_cached(
+            "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, updated_at = ?2 WHERE rowid = ?1",
+        )?
+        .execute(params![rowid, now])?;
         // The time waiting for the destination does not age the budget.
         let budget_since =
             budget_since.saturating_add(waiting_since.map_or(0, |w| now.saturating_sub(w).max(0)));
@@ -1215,23 +1224,27 @@ fn record_outcome(
         Outcome::Waiting { error } => return record_waiting(tx, delivery_id, attempt, error, now),
     };
     // Only the attempt that holds the lease records its outcome.
-    let message_id: Option<String> = tx
+    //
+    // Found first, then changed by its rowid: an `UPDATE ... RETURNING`
+    // makes SQLite keep a statement journal, a copy of every page the
+    // statement touches (8 KiB each), to undo that statement alone.
+    let found: Option<(i64, String)> = tx
         .prepare_cached(
-            "UPDATE deliveries SET state = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), updated_at = ?5, last_error = ?6,
-                    budget_since = budget_since + COALESCE(MAX(?5 - waiting_since, 0), 0), waiting_since = NULL
-             WHERE id = ?1 AND state = 'inflight' AND attempts = ?2
-             RETURNING message_id",
+            "SELECT rowid, message_id FROM deliveries WHERE id = ?1 AND state = 'inflight' AND attempts = ?2",
         )?
-        .query_row(
-            params![delivery_id, attempt, state, next_attempt_at, now, error],
-            |r| r.get(0),
-        )
+        .query_row(params![delivery_id, attempt], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(message_id) = message_id else {
+    let Some((rowid, message_id)) = found else {
         return Ok(Err(JournalError::NotFound(format!(
             "delivery {delivery_id} is not in flight at attempt {attempt}"
         ))));
     };
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at), updated_at = ?4, last_error = ?5,
+                budget_since = budget_since + COALESCE(MAX(?4 - waiting_since, 0), 0), waiting_since = NULL
+         WHERE rowid = ?1",
+    )?
+    .execute(params![rowid, state, next_attempt_at, now, error])?;
     match outcome {
         Outcome::Delivered { detail } => {
             // Without a detail (a reply), the delivery row says it all (see
