@@ -566,19 +566,26 @@ impl Reader {
     /// does so on this body every time: that is a refusal too, with the
     /// panic as its reason, not a delivery to hand back forever.
     fn decode_caught(&self, body: &[u8]) -> Result<Option<String>, String> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(body))).unwrap_or_else(
-            |panic| {
-                let why = panic_message(panic.as_ref());
-                tracing::error!(source = %self.source, error = %why, "decoding a delivery failed unexpectedly; it is rejected");
-                Err(format!("decoding failed unexpectedly: {why}"))
-            },
-        )
+        caught(&self.source, || self.decode(body))
     }
 
     fn decode(&self, body: &[u8]) -> Result<Option<String>, String> {
         check_message(&self.codec, &self.limits, self.business_key.as_ref(), body)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Runs a decoder; a panic in it becomes a refusal with the panic as its
+/// reason.
+fn caught<F>(source: &str, decode: F) -> Result<Option<String>, String>
+where
+    F: FnOnce() -> Result<Option<String>, String>,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let why = panic_message(panic.as_ref());
+        tracing::error!(source, error = %why, "decoding a delivery failed unexpectedly; it is rejected");
+        Err(format!("decoding failed unexpectedly: {why}"))
+    })
 }
 
 /// What a caught panic said.
@@ -592,7 +599,31 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Answer, Answers};
+    use super::{Answer, Answers, caught};
+
+    #[test]
+    fn a_decoder_that_panics_refuses_the_delivery_with_the_panic_as_reason() {
+        let order = "A-17";
+        let refused = caught("orders", || panic!("no field in order {order}"));
+        assert_eq!(
+            refused,
+            Err("decoding failed unexpectedly: no field in order A-17".to_owned())
+        );
+        let refused = caught("orders", || panic!("index out of range"));
+        assert_eq!(
+            refused,
+            Err("decoding failed unexpectedly: index out of range".to_owned())
+        );
+        // A decoder that returns is left alone, whatever it returns.
+        assert_eq!(
+            caught("orders", || Ok(Some("A-18".to_owned()))),
+            Ok(Some("A-18".to_owned()))
+        );
+        assert_eq!(
+            caught("orders", || Err("not JSON".to_owned())),
+            Err("not JSON".to_owned())
+        );
+    }
 
     #[test]
     fn an_acknowledgement_waits_for_every_delivery_before_it() {

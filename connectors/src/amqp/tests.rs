@@ -690,13 +690,17 @@ impl StallingProxy {
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
+                        // The stall first: once `stall` has been called,
+                        // nothing the broker sends after it goes through,
+                        // even when it is already there to read.
                         let n = tokio::select! {
+                            biased;
+                            // Stalled: hold the connection, forward nothing.
+                            () = stall.notified() => std::future::pending().await,
                             r = broker_in.read(&mut buf) => match r {
                                 Ok(n) if n > 0 => n,
                                 _ => return,
                             },
-                            // Stalled: hold the connection, forward nothing.
-                            () = stall.notified() => std::future::pending().await,
                         };
                         if client_out.write_all(&buf[..n]).await.is_err() {
                             return;
