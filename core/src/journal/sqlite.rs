@@ -246,19 +246,47 @@ struct Packed {
 fn pack(body: Vec<u8>) -> Packed {
     if body.len() >= PACK_FROM
         && let Ok(size) = i64::try_from(body.len())
+        && let Some(packed) = compress(&body)
+        && packed.len() <= body.len() - body.len() / 8
     {
-        let packed = lz4_flex::block::compress(&body);
-        if packed.len() <= body.len() - body.len() / 8 {
-            return Packed {
-                lz4_size: Some(size),
-                bytes: packed,
-            };
-        }
+        return Packed {
+            lz4_size: Some(size),
+            bytes: packed,
+        };
     }
     Packed {
         bytes: body,
         lz4_size: None,
     }
+}
+
+thread_local! {
+    /// Each thread's LZ4 hash table and output buffer, kept from one body
+    /// to the next: a fresh table is 8 KiB of zeroed memory to allocate
+    /// for every body, more than a typical body is.
+    static LZ4: std::cell::RefCell<(lz4_flex::block::CompressTable, Vec<u8>)> =
+        std::cell::RefCell::new((lz4_flex::block::CompressTable::small(), Vec::new()));
+}
+
+/// `body` as an LZ4 block; `None` if it cannot be packed (which no input
+/// should cause: the buffer has room for the worst case).
+fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    LZ4.with(|cell| {
+        let mut cell = cell.try_borrow_mut().ok()?;
+        let (table, out) = &mut *cell;
+        let room = lz4_flex::block::get_maximum_output_size(body.len());
+        if out.len() < room {
+            out.resize(room, 0);
+        }
+        let n = lz4_flex::block::compress_into_with_table(body, out, table).ok()?;
+        let packed = out.get(..n)?.to_vec();
+        // A buffer grown for one large body is not kept for good.
+        if out.len() > 1 << 20 {
+            *out = Vec::new();
+            *table = lz4_flex::block::CompressTable::small();
+        }
+        Some(packed)
+    })
 }
 
 /// The body stored as `bytes` (an LZ4 block when `lz4_size` is set).
@@ -1873,6 +1901,42 @@ mod packing {
                 packed.bytes.len()
             );
         }
+    }
+
+    /// One thread's table and buffer serve bodies of every size in turn:
+    /// each unpacks to itself whatever came before it on the thread.
+    #[test]
+    fn bodies_packed_one_after_another_on_a_thread_each_unpack_to_themselves() {
+        let line = |i: usize| format!("<Line><No>{i}</No><Code>8471300000</Code></Line>");
+        let sizes = [300, 70_000, 2_400, 1_300_000, 500, 3_000_000, 260];
+        for (round, size) in sizes.into_iter().enumerate() {
+            let mut body = String::new();
+            let mut i = round;
+            while body.len() < size {
+                body.push_str(&line(i));
+                i += 7;
+            }
+            let packed = pack(body.clone().into_bytes());
+            let unpacked = unpack(packed.bytes, packed.lz4_size).unwrap();
+            assert!(packed.lz4_size.is_some(), "a {size}-byte body is packed");
+            assert!(
+                unpacked == body.as_bytes(),
+                "the {size}-byte body comes back"
+            );
+        }
+        // What does not shrink by an eighth is kept as it is.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect();
+        let kept = pack(noise.clone());
+        assert_eq!(kept.lz4_size, None);
+        assert_eq!(kept.bytes, noise);
     }
 
     #[test]
