@@ -17,6 +17,12 @@
 #    queue;
 # 2. raw consume: one client consumes them back, acknowledging each
 #    (prefetch 500);
+# 2a. raw publish and consume at once, the loop of rabbitmq-perf-test
+#    with --confirm: one client publishes COUNT messages with confirms
+#    (the same window) while another, on its own connection, consumes and
+#    acknowledges them (prefetch 500): per message the broker takes a
+#    confirmed publish, a delivery and an acknowledgement, what it does for
+#    each of nzela's messages below;
 # 2b. raw relay: COUNT messages wait in a queue; one client consumes them
 #    (prefetch: the same window), publishes each to another queue with confirms and
 #    acknowledges it once confirmed: a bridge with no journal and no
@@ -52,7 +58,7 @@ run=bench-$$-$(date +%s)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  for q in "$run.raw" "$run.in" "$run.out" "$run.relay-in" "$run.relay-out"; do
+  for q in "$run.raw" "$run.pubsub" "$run.in" "$run.out" "$run.relay-in" "$run.relay-out"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
   rm -rf "$work"
@@ -72,6 +78,8 @@ b1=$(ticks "$beam")
 echo "$raw_pub (broker CPU $(per_msg "$b0" "$b1") us per message)"
 raw_con=$("$rate" consume "$URL" "$run.raw" "$COUNT" 500)
 echo "$raw_con"
+raw_pubsub=$("$rate" pubsub "$URL" "$run.pubsub" "$COUNT" "$ORDER" "$WINDOW")
+echo "$raw_pubsub"
 "$rate" publish "$URL" "$run.relay-in" "$COUNT" "$ORDER" 256 >/dev/null
 raw_relay=$("$rate" relay "$URL" "$run.relay-in" "$run.relay-out" "$COUNT" "$WINDOW")
 echo "$raw_relay"
@@ -139,5 +147,6 @@ echo "| measure | msg/s |"
 echo "|---|---|"
 echo "| broker: confirmed publish, 1 client, $WINDOW in flight | $(r "$raw_pub") |"
 echo "| broker: consume with acks, 1 client, prefetch 500 | $(r "$raw_con") |"
+echo "| broker: confirmed publish and consume at once (perf-test loop), $WINDOW in flight | $(r "$raw_pubsub") |"
 echo "| broker: relay (consume, confirmed publish, ack), 1 client, $WINDOW in flight | $(r "$raw_relay") |"
 echo "| nzela: consume -> journal -> map -> confirmed publish | $(r "$e2e") |"

@@ -1,11 +1,12 @@
 //! The broker's own rates, for `bench/amqp.sh`: how fast one client
-//! publishes with confirms, consumes with acknowledgements, and relays
-//! (consumes, publishes with confirms, acknowledges), on the same broker
-//! and queue type nzela is measured on.
+//! publishes with confirms, consumes with acknowledgements, publishes and
+//! consumes at once, and relays (consumes, publishes with confirms,
+//! acknowledges), on the same broker and queue type nzela is measured on.
 //!
 //! ```text
 //! amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT]   # persistent, confirmed
 //! amqp_rate consume URL QUEUE COUNT [PREFETCH]              # acknowledged one by one
+//! amqp_rate pubsub URL QUEUE COUNT BODY_FILE [IN_FLIGHT]    # both at once
 //! amqp_rate relay URL FROM TO COUNT [IN_FLIGHT]             # FROM -> TO, confirmed, then acked
 //! amqp_rate count URL QUEUE COUNT                          # waits until QUEUE holds COUNT
 //! ```
@@ -15,6 +16,12 @@
 //! passive declare), so that the measuring costs the machine next to
 //! nothing, as for `publish`. Timed from the first message seen to the
 //! last.
+//!
+//! `pubsub` is the loop of `rabbitmq-perf-test` with `--confirm`: one
+//! producer publishes (persistent, confirmed, IN_FLIGHT awaiting their
+//! confirm) while one consumer, on a connection of its own, consumes and
+//! acknowledges them (prefetch 500); timed from the first publish to the
+//! last acknowledgement.
 //!
 //! `relay` is what a bridge with no journal and no mapping does: each
 //! message consumed from FROM is published (persistent, mandatory) to the
@@ -46,11 +53,14 @@ async fn main() -> ExitCode {
         ["consume", url, queue, count, rest @ ..] => {
             consume(url, queue, count, rest.first().copied()).await
         }
+        ["pubsub", url, queue, count, body, rest @ ..] => {
+            pubsub(url, queue, count, body, rest.first().copied()).await
+        }
         ["relay", url, from, to, count, rest @ ..] => {
             relay(url, from, to, count, rest.first().copied()).await
         }
         ["count", url, queue, count] => count_up(url, queue, count).await,
-        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH] | relay URL FROM TO COUNT [IN_FLIGHT] | count URL QUEUE COUNT".to_owned()),
+        _ => Err("usage: amqp_rate publish URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | consume URL QUEUE COUNT [PREFETCH] | pubsub URL QUEUE COUNT BODY_FILE [IN_FLIGHT] | relay URL FROM TO COUNT [IN_FLIGHT] | count URL QUEUE COUNT".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +140,26 @@ async fn publish(
     let conn = connect(url).await?;
     let channel = confirming_channel(&conn, queue).await?;
     let started = Instant::now();
+    publish_all(&channel, queue, count, &body, in_flight).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {count} messages in {secs:.2} s: {:.0} msg/s",
+        count as f64 / secs
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Publishes `count` copies of `body` to `queue` (persistent, each with
+/// its own `message_id`), `in_flight` awaiting their confirm at most, and
+/// waits for the last confirm.
+async fn publish_all(
+    channel: &lapin::Channel,
+    queue: &str,
+    count: usize,
+    body: &[u8],
+    in_flight: usize,
+) -> Result<(), String> {
     let mut pending = std::collections::VecDeque::with_capacity(in_flight);
     for i in 0..count {
         if pending.len() >= in_flight
@@ -149,7 +179,7 @@ async fn publish(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
-                &body,
+                body,
                 props,
             )
             .await
@@ -161,12 +191,55 @@ async fn publish(
             return Err("the broker refused a message (nack)".to_owned());
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Consumes `count` messages, acknowledging each one by one.
+async fn consume_all(consumer: &mut lapin::Consumer, count: usize) -> Result<(), String> {
+    for _ in 0..count {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await;
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the consumer was cancelled".to_owned()),
+        };
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn pubsub(
+    url: &str,
+    queue: &str,
+    count: &str,
+    body: &str,
+    in_flight: Option<&str>,
+) -> Result<(), String> {
+    let count = number(count, "COUNT")?;
+    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
+    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
+    let producer = connect(url).await?;
+    let channel = confirming_channel(&producer, queue).await?;
+    let consuming = connect(url).await?;
+    let mut consumer = consumer(&consuming, queue, 500, "amqp_rate_pubsub").await?;
+    let started = Instant::now();
+    let (published, consumed) = tokio::join!(
+        publish_all(&channel, queue, count, &body, in_flight),
+        consume_all(&mut consumer, count),
+    );
+    published?;
+    consumed?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "published {count} messages in {secs:.2} s: {:.0} msg/s",
+        "published and consumed {count} messages in {secs:.2} s: {:.0} msg/s",
         count as f64 / secs
     );
-    let _ = conn.close(200, "done".into()).await;
+    let _ = producer.close(200, "done".into()).await;
+    let _ = consuming.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -181,24 +254,12 @@ async fn consume(
         .map_err(|_| "PREFETCH is at most 65535".to_owned())?;
     let conn = connect(url).await?;
     let mut consumer = consumer(&conn, queue, prefetch, "amqp_rate").await?;
-    let mut first = None;
-    let mut n = 0;
-    while n < count {
-        let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("the consumer was cancelled".to_owned()),
-        };
-        first.get_or_insert_with(Instant::now);
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64()).max(1e-9);
+    // Timed from the first message on: the first one waits for the
+    // consumer to start.
+    consume_all(&mut consumer, count.min(1)).await?;
+    let first = Instant::now();
+    consume_all(&mut consumer, count.saturating_sub(1)).await?;
+    let secs = first.elapsed().as_secs_f64().max(1e-9);
     println!(
         "consumed {count} messages in {secs:.2} s: {:.0} msg/s",
         (count.saturating_sub(1)) as f64 / secs
