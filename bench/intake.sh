@@ -5,6 +5,13 @@
 #
 #   bench/intake.sh [SECONDS] [CONNECTIONS]
 #   INTAKE_ONLY=1 bench/intake.sh ...   # no routes: the 202 rate alone
+#   WARMUP=S bench/intake.sh ...        # S seconds of load before the
+#                                       # measured run (default 10; 0: none)
+#
+# The measured run follows a warm-up on the same process: the first
+# seconds of a fresh nzela are slower than the rest (its journal and
+# memory are new). The warm-up's rate is printed as well, and its orders
+# count among those whose documents are awaited.
 #
 # Needs wrk (Debian: apt-get install wrk). Prints the rate of 202 answers
 # (every one backed by a committed, fsync'ed journal write), the rate at
@@ -16,6 +23,7 @@ cd "$(dirname "$0")/.."
 SECONDS_RUN=${1:-20}
 CONNECTIONS=${2:-64}
 PORT=${PORT:-18080}
+WARMUP=${WARMUP:-10}
 
 . bench/lib.sh
 
@@ -37,14 +45,27 @@ count() { ls -f "$work/data/out/$1" 2>/dev/null | grep -c '\.xml$' || true; }
 
 echo "nzela RSS before: $(rss) KiB"
 (while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss)"; sleep 1; done) > "$work/samples" &
-start=$(date +%s.%N)
+load() {
+  RUN=$1 ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
+    wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"$2s" --latency -s bench/post-order.lua \
+    "http://127.0.0.1:$PORT/in/marketplace/orders"
+}
+# Requests sent and answers other than 202 of a wrk run's output.
+sent() { awk '/requests in/ {print $1}' "$1"; }
+refused() { awk -F= '/not_accepted/ {print $2}' "$1"; }
+begin=$(date +%s.%N)
+t_begin=$(ticks)
+warm_accepted=0
+if [ "$WARMUP" -gt 0 ]; then
+  load WARM "$WARMUP" > "$work/warmup.txt"
+  warm_accepted=$(($(sent "$work/warmup.txt") - $(refused "$work/warmup.txt")))
+  echo "warm-up, not counted: $warm_accepted orders accepted in ${WARMUP} s, $(awk '/Requests\/sec/ {print $2}' "$work/warmup.txt") requests/s"
+fi
 t0=$(ticks)
 times > "$work/times.0"
-ORDER_FILE=tests/fixtures/samples/marketplace/order-paid.json \
-  wrk -t${WRK_THREADS:-1} -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s bench/post-order.lua \
-  "http://127.0.0.1:$PORT/in/marketplace/orders" | tee "$work/wrk.txt"
-accepted=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-refused=$(awk -F= '/not_accepted/ {print $2}' "$work/wrk.txt")
+load LOAD "$SECONDS_RUN" | tee "$work/wrk.txt"
+accepted=$(sent "$work/wrk.txt")
+refused=$(refused "$work/wrk.txt")
 t1=$(ticks)
 times > "$work/times.1"
 echo "accepted (202): $((accepted - refused)) of $accepted requests"
@@ -55,8 +76,8 @@ if [ -n "${INTAKE_ONLY:-}" ]; then
   echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
   exit 0
 fi
-# Wait until every accepted order has both documents.
-want=$((accepted - refused))
+# Wait until every accepted order, the warm-up's too, has both documents.
+want=$((accepted - refused + warm_accepted))
 for outbox in customs commerce; do
   while [ "$(count $outbox)" -lt "$want" ]; do
     sleep 1
@@ -64,8 +85,8 @@ for outbox in customs commerce; do
   done
 done
 end=$(date +%s.%N)
-echo "nzela CPU from the first order to the last document: $(per_order "$t0" "$(ticks)" "$want") us per order"
-awk -v s="$start" -v e="$end" -v n="$want" -v c="$(count customs)" -v u="$(count commerce)" \
+echo "nzela CPU from the first order to the last document: $(per_order "$t_begin" "$(ticks)" "$want") us per order"
+awk -v s="$begin" -v e="$end" -v n="$want" -v c="$(count customs)" -v u="$(count commerce)" \
   'BEGIN { printf "outputs: %d declarations and %d UBL orders in %.1f s = %.0f documents/s (%.0f orders/s)\n", c, u, e - s, 2 * n / (e - s), n / (e - s) }'
 echo "nzela RSS after: $(rss) KiB; peak sampled: $(awk '{print $2}' "$work/samples" | sort -n | tail -1) KiB"
 kill -TERM "$pid"; wait "$pid" || true

@@ -6,6 +6,9 @@ local at, to = order:find("GB-2026-0001842", 1, true)
 local head, tail = order:sub(1, at - 1), order:sub(to + 1)
 local headers = { ["Content-Type"] = "application/json" }
 local threads = {}
+-- Order numbers start with RUN (default LOAD): runs against the same
+-- journal with different RUNs send different orders.
+local run = os.getenv("RUN") or "LOAD"
 
 function setup(thread)
   thread:set("tid", #threads + 1)
@@ -19,7 +22,7 @@ end
 
 function request()
   counter = counter + 1
-  local id = string.format("LOAD-%d-%d", tid, counter)
+  local id = string.format("%s-%d-%d", run, tid, counter)
   return wrk.format("POST", nil, headers, head .. id .. tail)
 end
 
