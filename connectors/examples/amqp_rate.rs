@@ -127,6 +127,19 @@ fn number(s: &str, what: &str) -> Result<usize, String> {
         .map_err(|_| format!("{what} \"{s}\" is not a number"))
 }
 
+/// COUNT, the body read from BODY_FILE, and IN_FLIGHT (default 256) of
+/// a command that publishes.
+fn publishing(
+    count: &str,
+    body: &str,
+    in_flight: Option<&str>,
+) -> Result<(usize, Vec<u8>, usize), String> {
+    let count = number(count, "COUNT")?;
+    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
+    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
+    Ok((count, body, in_flight))
+}
+
 async fn publish(
     url: &str,
     queue: &str,
@@ -134,9 +147,7 @@ async fn publish(
     body: &str,
     in_flight: Option<&str>,
 ) -> Result<(), String> {
-    let count = number(count, "COUNT")?;
-    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
-    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
+    let (count, body, in_flight) = publishing(count, body, in_flight)?;
     let conn = connect(url).await?;
     let channel = confirming_channel(&conn, queue).await?;
     let started = Instant::now();
@@ -219,9 +230,7 @@ async fn pubsub(
     body: &str,
     in_flight: Option<&str>,
 ) -> Result<(), String> {
-    let count = number(count, "COUNT")?;
-    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
-    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
+    let (count, body, in_flight) = publishing(count, body, in_flight)?;
     let producer = connect(url).await?;
     let channel = confirming_channel(&producer, queue).await?;
     let consuming = connect(url).await?;
