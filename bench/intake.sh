@@ -52,20 +52,20 @@ load() {
 }
 # Requests sent and answers other than 202 of a wrk run's output.
 sent() { awk '/requests in/ {print $1}' "$1"; }
-refused() { awk -F= '/not_accepted/ {print $2}' "$1"; }
+not_accepted() { awk -F= '/not_accepted/ {print $2}' "$1"; }
 begin=$(date +%s.%N)
 t_begin=$(ticks)
 warm_accepted=0
 if [ "$WARMUP" -gt 0 ]; then
   load WARM "$WARMUP" > "$work/warmup.txt"
-  warm_accepted=$(($(sent "$work/warmup.txt") - $(refused "$work/warmup.txt")))
+  warm_accepted=$(($(sent "$work/warmup.txt") - $(not_accepted "$work/warmup.txt")))
   echo "warm-up, not counted: $warm_accepted orders accepted in ${WARMUP} s, $(awk '/Requests\/sec/ {print $2}' "$work/warmup.txt") requests/s"
 fi
 t0=$(ticks)
 times > "$work/times.0"
 load LOAD "$SECONDS_RUN" | tee "$work/wrk.txt"
 accepted=$(sent "$work/wrk.txt")
-refused=$(refused "$work/wrk.txt")
+refused=$(not_accepted "$work/wrk.txt")
 t1=$(ticks)
 times > "$work/times.1"
 echo "accepted (202): $((accepted - refused)) of $accepted requests"

@@ -47,14 +47,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["publish", url, queue, count, body, rest @ ..] => {
-            publish(url, queue, count, body, rest.first().copied()).await
+        [verb @ ("publish" | "pubsub"), url, queue, count, body, rest @ ..] => {
+            publish(url, queue, count, body, rest.first().copied(), *verb == "pubsub").await
         }
         ["consume", url, queue, count, rest @ ..] => {
             consume(url, queue, count, rest.first().copied()).await
-        }
-        ["pubsub", url, queue, count, body, rest @ ..] => {
-            pubsub(url, queue, count, body, rest.first().copied()).await
         }
         ["relay", url, from, to, count, rest @ ..] => {
             relay(url, from, to, count, rest.first().copied()).await
@@ -127,34 +124,54 @@ fn number(s: &str, what: &str) -> Result<usize, String> {
         .map_err(|_| format!("{what} \"{s}\" is not a number"))
 }
 
-/// COUNT, the body read from BODY_FILE, and IN_FLIGHT (default 256) of
-/// a command that publishes.
-fn publishing(
-    count: &str,
-    body: &str,
-    in_flight: Option<&str>,
-) -> Result<(usize, Vec<u8>, usize), String> {
-    let count = number(count, "COUNT")?;
-    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
-    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
-    Ok((count, body, in_flight))
-}
-
+/// Publishes COUNT copies of BODY_FILE with confirms; with `consuming`,
+/// a consumer on a connection of its own acknowledges them meanwhile
+/// (`pubsub`), and the time runs until the last acknowledgement.
 async fn publish(
     url: &str,
     queue: &str,
     count: &str,
     body: &str,
     in_flight: Option<&str>,
+    consuming: bool,
 ) -> Result<(), String> {
-    let (count, body, in_flight) = publishing(count, body, in_flight)?;
+    let count = number(count, "COUNT")?;
+    let in_flight = number(in_flight.unwrap_or("256"), "IN_FLIGHT")?.max(1);
+    let body = std::fs::read(body).map_err(|e| format!("cannot read {body}: {e}"))?;
     let conn = connect(url).await?;
     let channel = confirming_channel(&conn, queue).await?;
+    let reader = if consuming {
+        let reader = connect(url).await?;
+        let consumer = consumer(&reader, queue, 500, "amqp_rate_pubsub").await?;
+        Some((reader, consumer))
+    } else {
+        None
+    };
     let started = Instant::now();
-    publish_all(&channel, queue, count, &body, in_flight).await?;
-    let secs = started.elapsed().as_secs_f64();
+    let (published, consumed) = match reader {
+        Some((reader, mut consumer)) => {
+            let done = tokio::join!(
+                publish_all(&channel, queue, count, &body, in_flight),
+                consume_all(&mut consumer, count),
+            );
+            let _ = reader.close(200, "done".into()).await;
+            done
+        }
+        None => (
+            publish_all(&channel, queue, count, &body, in_flight).await,
+            Ok(()),
+        ),
+    };
+    published?;
+    consumed?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let verb = if consuming {
+        "published and consumed"
+    } else {
+        "published"
+    };
     println!(
-        "published {count} messages in {secs:.2} s: {:.0} msg/s",
+        "{verb} {count} messages in {secs:.2} s: {:.0} msg/s",
         count as f64 / secs
     );
     let _ = conn.close(200, "done".into()).await;
@@ -220,35 +237,6 @@ async fn consume_all(consumer: &mut lapin::Consumer, count: usize) -> Result<(),
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
-}
-
-async fn pubsub(
-    url: &str,
-    queue: &str,
-    count: &str,
-    body: &str,
-    in_flight: Option<&str>,
-) -> Result<(), String> {
-    let (count, body, in_flight) = publishing(count, body, in_flight)?;
-    let producer = connect(url).await?;
-    let channel = confirming_channel(&producer, queue).await?;
-    let consuming = connect(url).await?;
-    let mut consumer = consumer(&consuming, queue, 500, "amqp_rate_pubsub").await?;
-    let started = Instant::now();
-    let (published, consumed) = tokio::join!(
-        publish_all(&channel, queue, count, &body, in_flight),
-        consume_all(&mut consumer, count),
-    );
-    published?;
-    consumed?;
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    println!(
-        "published and consumed {count} messages in {secs:.2} s: {:.0} msg/s",
-        count as f64 / secs
-    );
-    let _ = producer.close(200, "done".into()).await;
-    let _ = consuming.close(200, "done".into()).await;
     Ok(())
 }
 
