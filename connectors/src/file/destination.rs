@@ -1,23 +1,62 @@
 //! The outbox writer (see the module description for its rules).
+//!
+//! Deliveries are written in batches, as the journal commits them: the
+//! first send that finds no batch being written starts a writer task that
+//! takes every delivery waiting, writes them all on the blocking pool, and
+//! goes on while more wait. Each batch costs one flush of the data (per
+//! file, or one for the whole file system, see [`Sync`]) and one of the
+//! folder, however many files it holds: under load the flushes, not the
+//! bytes, are what writing a small document costs.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nzela_core::runtime::{BoxFuture, Destination, Outbound, SendOutcome};
+use tokio::sync::oneshot;
 
-use super::config::DestinationConfig;
+use super::config::{DestinationConfig, Sync};
 use super::{MAX_NAME, check_file_name};
 use crate::template::Templates;
+
+/// The most files one batch writes (and holds open, in `files` mode).
+const MAX_BATCH: usize = 256;
 
 /// A built outbox destination.
 #[derive(Debug)]
 pub struct FileDestination {
     name: String,
-    dir: PathBuf,
     templates: Templates,
-    folder: Arc<FolderSync>,
+    writer: Arc<Writer>,
+}
+
+/// What the writer task shares with the senders.
+#[derive(Debug)]
+struct Writer {
+    dir: PathBuf,
+    sync: Sync,
+    waiting: Mutex<Waiting>,
+    /// Batches written so far.
+    batches: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    jobs: Vec<Job>,
+    /// A writer task is running: it takes `jobs` before it stops.
+    writing: bool,
+}
+
+/// One file to write, and who waits for it.
+#[derive(Debug)]
+struct Job {
+    name: String,
+    temp: String,
+    body: Vec<u8>,
+    done: oneshot::Sender<Result<PathBuf, String>>,
 }
 
 impl FileDestination {
@@ -38,9 +77,13 @@ impl FileDestination {
             .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
         Ok(FileDestination {
             name: name.to_owned(),
-            dir,
             templates,
-            folder: Arc::default(),
+            writer: Arc::new(Writer {
+                dir,
+                sync: config.sync.effective(),
+                waiting: Mutex::default(),
+                batches: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -54,20 +97,23 @@ impl FileDestination {
                 error: format!("the filename template makes {e}"),
             };
         }
-        // The attempt too names the temporary file: an attempt cut short by
-        // the dispatcher's timeout may still be writing when the next one
-        // of the same delivery starts.
-        let (dir, temp_id, body, folder) = (
-            self.dir.clone(),
-            format!("{}.{}", out.delivery_id, out.attempt),
-            out.body.clone(),
-            self.folder.clone(),
-        );
-        let written = tokio::task::spawn_blocking(move || {
-            write_atomic(&dir, &name, &temp_id, &body, &folder)
-        })
-        .await;
-        match written {
+        // Named after the delivery and its attempt: an attempt cut short
+        // by the dispatcher's timeout may still be writing when the next
+        // one of the same delivery starts, and they never share a
+        // temporary file.
+        let temp_id = format!("{}.{}", out.delivery_id, out.attempt);
+        let mut temp = format!(".{name}.{temp_id}.tmp");
+        if temp.len() > MAX_NAME {
+            temp = format!(".{temp_id}.tmp");
+        }
+        let (done, written) = oneshot::channel();
+        self.writer.clone().submit(Job {
+            name,
+            temp,
+            body: out.body.clone(),
+            done,
+        });
+        match written.await {
             Ok(Ok(path)) => {
                 tracing::debug!(
                     message_id = %out.message_id, route = %out.route, destination = %self.name,
@@ -79,11 +125,21 @@ impl FileDestination {
                 error,
                 retry_after: None,
             },
-            Err(e) => SendOutcome::Transient {
-                error: format!("writing to {} failed unexpectedly: {e}", self.dir.display()),
+            Err(_) => SendOutcome::Transient {
+                error: format!(
+                    "writing to {} failed unexpectedly",
+                    self.writer.dir.display()
+                ),
                 retry_after: None,
             },
         }
+    }
+}
+
+impl FileDestination {
+    /// Batches written so far (each with its own flushes).
+    pub fn batches(&self) -> u64 {
+        self.writer.batches.load(Ordering::Relaxed)
     }
 }
 
@@ -93,180 +149,353 @@ impl Destination for FileDestination {
     }
 }
 
-/// Flushes an outbox folder for many renames at once. A rename is durable
-/// once a flush of its folder has started after it: whoever finds no flush
-/// running starts one that covers every rename made so far, and the others
-/// wait for it or for the next (a group commit, as the journal's). Under
-/// load, one flush serves the writes of many deliveries.
-#[derive(Debug, Default)]
-struct FolderSync {
-    state: Mutex<Renames>,
-    flushed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Renames {
-    /// Renames made, in order.
-    made: u64,
-    /// Renames made durable (the first `flushed` of them).
-    flushed: u64,
-    flushing: bool,
-}
-
-impl FolderSync {
-    fn state(&self) -> MutexGuard<'_, Renames> {
+impl Writer {
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
         // Nothing panics while holding it: a poisoned lock is still sound.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns once a `flush` of the folder that started after the
-    /// caller's rename has succeeded, or with the error of the flush it ran
-    /// itself.
-    fn after_rename(&self, flush: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
-        let mut state = self.state();
-        state.made += 1;
-        let mine = state.made;
+    /// Queues `job`; starts the writer task unless one runs. The task is
+    /// spawned, not run by the sender: a sender given up on (its attempt
+    /// timed out) never stops the batches of the others.
+    fn submit(self: Arc<Self>, job: Job) {
+        let start = {
+            let mut w = self.waiting();
+            w.jobs.push(job);
+            !std::mem::replace(&mut w.writing, true)
+        };
+        if start {
+            tokio::spawn(self.run());
+        }
+    }
+
+    /// Writes batches until none waits.
+    async fn run(self: Arc<Self>) {
+        let mut running = Running(Some(self.clone()));
         loop {
-            if state.flushed >= mine {
-                return Ok(());
-            }
-            if !state.flushing {
-                state.flushing = true;
-                let upto = state.made;
-                drop(state);
-                let result = flush();
-                let mut state = self.state();
-                state.flushing = false;
-                if result.is_ok() {
-                    state.flushed = state.flushed.max(upto);
+            let batch = {
+                let mut w = self.waiting();
+                if w.jobs.is_empty() {
+                    w.writing = false;
+                    running.0 = None;
+                    return;
                 }
-                // On failure the others run a flush of their own.
-                self.flushed.notify_all();
-                return result;
-            }
-            state = self.flushed.wait(state).unwrap_or_else(|e| e.into_inner());
+                take_batch(&mut w.jobs)
+            };
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            // A panic drops the batch's answers: its senders see the
+            // attempt fail, and it is retried.
+            let _ =
+                tokio::task::spawn_blocking(move || write_batch(&this.dir, this.sync, batch)).await;
         }
     }
 }
 
-/// Writes `body` as `dir/name` so that no reader ever sees part of it and
-/// a crash leaves either the whole file or none.
-fn write_atomic(
-    dir: &Path,
-    name: &str,
-    temp_id: &str,
-    body: &[u8],
-    folder: &FolderSync,
-) -> Result<PathBuf, String> {
-    let target = dir.join(name);
-    // Named after the delivery and its attempt, so that two writes of the
-    // same name at once never share a temporary file.
-    let mut temp_name = format!(".{name}.{temp_id}.tmp");
-    if temp_name.len() > MAX_NAME {
-        temp_name = format!(".{temp_id}.tmp");
-    }
-    let temp = dir.join(temp_name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-        f.write_all(body)
-            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-        f.sync_all()
-            .map_err(|e| format!("cannot flush {} to disk: {e}", temp.display()))?;
-        drop(f);
-        fs::rename(&temp, &target).map_err(|e| {
-            format!(
-                "cannot rename {} to {}: {e}",
-                temp.display(),
-                target.display()
-            )
-        })?;
-        // The rename is durable only once the folder itself is flushed.
-        folder
-            .after_rename(|| File::open(dir).and_then(|d| d.sync_all()))
-            .map_err(|e| format!("cannot flush the folder {} to disk: {e}", dir.display()))
-    })();
-    match result {
-        Ok(()) => Ok(target),
-        Err(e) => {
-            let _ = fs::remove_file(&temp);
-            Err(e)
+/// A writer task's mark: the task dropped before it finished (its runtime
+/// stopping) lets the next sender start another.
+struct Running(Option<Arc<Writer>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            writer.waiting().writing = false;
         }
     }
+}
+
+/// Takes up to [`MAX_BATCH`] jobs, oldest first, no two with the same
+/// temporary file (the same attempt sent twice waits for the next batch).
+fn take_batch(jobs: &mut Vec<Job>) -> Vec<Job> {
+    let mut temps = HashSet::new();
+    let mut batch = Vec::new();
+    let mut rest = Vec::new();
+    for job in jobs.drain(..) {
+        if batch.len() < MAX_BATCH && temps.insert(job.temp.clone()) {
+            batch.push(job);
+        } else {
+            rest.push(job);
+        }
+    }
+    *jobs = rest;
+    batch
+}
+
+/// A file written under its temporary name, not renamed yet.
+struct Written {
+    job: Job,
+    temp: PathBuf,
+}
+
+impl Written {
+    /// Answers `error` and removes the temporary file.
+    fn fail(self, error: String) {
+        let _ = fs::remove_file(&self.temp);
+        let _ = self.job.done.send(Err(error));
+    }
+}
+
+/// Writes each job's body as `dir/name` so that no reader ever sees part
+/// of it and a crash leaves either the whole file or none: every file
+/// under its temporary name, their data flushed, each renamed onto its
+/// name, the renames flushed. Answers each job; one that fails fails
+/// alone, unless a flush covering the whole batch fails.
+fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
+    let mut written = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let w = Written {
+            temp: dir.join(&job.temp),
+            job,
+        };
+        match write_temp(&w.temp, &w.job.body, sync) {
+            Ok(()) => written.push(w),
+            Err(e) => w.fail(e),
+        }
+    }
+    if written.is_empty() {
+        return;
+    }
+    // The data on disk before any name points at it.
+    let written = match sync {
+        Sync::Files => written
+            .into_iter()
+            .filter_map(|w| match File::open(&w.temp).and_then(|f| f.sync_all()) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    let error = format!("cannot flush {} to disk: {e}", w.temp.display());
+                    w.fail(error);
+                    None
+                }
+            })
+            .collect(),
+        Sync::Filesystem => match sync_filesystem(dir) {
+            Ok(()) => written,
+            Err(e) => {
+                let error = format!(
+                    "cannot flush the file system of {} to disk: {e}",
+                    dir.display()
+                );
+                for w in written {
+                    w.fail(error.clone());
+                }
+                return;
+            }
+        },
+    };
+    let mut renamed = Vec::with_capacity(written.len());
+    for w in written {
+        let target = dir.join(&w.job.name);
+        match fs::rename(&w.temp, &target) {
+            Ok(()) => renamed.push((w.job, target)),
+            Err(e) => {
+                let error = format!(
+                    "cannot rename {} to {}: {e}",
+                    w.temp.display(),
+                    target.display()
+                );
+                w.fail(error);
+            }
+        }
+    }
+    if renamed.is_empty() {
+        return;
+    }
+    // A rename is durable only once the folder itself is flushed.
+    let flushed = match sync {
+        Sync::Files => File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot flush the folder {} to disk: {e}", dir.display())),
+        Sync::Filesystem => sync_filesystem(dir).map_err(|e| {
+            format!(
+                "cannot flush the file system of {} to disk: {e}",
+                dir.display()
+            )
+        }),
+    };
+    for (job, target) in renamed {
+        let _ = job.done.send(flushed.clone().map(|()| target));
+    }
+}
+
+/// Creates (or truncates) `temp` and writes `body` to it, unflushed. When
+/// each file is to be flushed, its writing to disk starts now, so that
+/// the flushes that follow find the batch's data on its way.
+fn write_temp(temp: &Path, body: &[u8], sync: Sync) -> Result<(), String> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp)
+        .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    f.write_all(body)
+        .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    if sync == Sync::Files {
+        start_writeback(&f);
+    }
+    Ok(())
+}
+
+/// Starts writing `f`'s dirty pages to disk without waiting
+/// (`sync_file_range(2)`); a hint only: the flush that follows is what
+/// makes the data durable, and reports the errors.
+#[cfg(target_os = "linux")]
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open descriptor for the call's whole duration.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) {}
+
+/// Flushes everything written to the file system holding `dir`
+/// (`syncfs(2)`), which reports the write errors of its files.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: `d` is an open descriptor for the call's whole duration.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere there is no `syncfs`: the folder is flushed, and the files
+/// were each flushed already (see [`Sync::effective`]).
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]
-mod folder_sync {
-    use std::sync::{Arc, Barrier, Mutex};
-    use std::time::Duration;
+mod tests {
+    use super::*;
 
-    use super::FolderSync;
+    fn job(
+        name: &str,
+        temp: &str,
+        body: &[u8],
+    ) -> (Job, oneshot::Receiver<Result<PathBuf, String>>) {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            name: name.into(),
+            temp: temp.into(),
+            body: body.to_vec(),
+            done,
+        };
+        (job, answer)
+    }
 
-    /// The `FolderSync`, each caller's result, and each flush's (renames
-    /// made when it started, succeeded).
-    type Run = (Arc<FolderSync>, Vec<std::io::Result<()>>, Vec<(u64, bool)>);
-
-    /// Runs `threads` renames at once through one `FolderSync`; each flush
-    /// records how many renames had been made when it started, and fails if
-    /// `fails(n)` for the n-th flush.
-    fn renames(threads: usize, fails: fn(usize) -> bool) -> Run {
-        let sync = Arc::new(FolderSync::default());
-        let flushes = Arc::new(Mutex::new(Vec::new()));
-        let start = Arc::new(Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (sync, flushes, start) = (sync.clone(), flushes.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    sync.after_rename(|| {
-                        let made = sync.state().made;
-                        std::thread::sleep(Duration::from_millis(50));
-                        let mut flushes = flushes.lock().unwrap();
-                        let ok = !fails(flushes.len());
-                        flushes.push((made, ok));
-                        if ok {
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::other("disk gone"))
-                        }
-                    })
-                })
-            })
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let results = handles.into_iter().map(|t| t.join().unwrap()).collect();
-        let flushes = flushes.lock().unwrap().clone();
-        (sync, results, flushes)
+        v.sort();
+        v
     }
 
     #[test]
-    fn one_flush_serves_the_renames_made_while_another_ran() {
-        let (sync, results, flushes) = renames(16, |_| false);
-        assert!(results.iter().all(Result::is_ok));
-        // The first flush starts with its own rename alone; the others,
-        // made meanwhile, wait for a flush that starts after them: at
-        // least two, and far fewer than one each.
-        assert!((2..=8).contains(&flushes.len()), "{flushes:?}");
-        // Nothing is reported durable past what a successful flush had
-        // seen renamed when it started.
-        let covered = flushes.iter().filter(|f| f.1).map(|f| f.0).max();
-        let state = sync.state();
-        assert_eq!(state.made, 16);
-        assert_eq!(Some(state.flushed), covered, "{flushes:?}");
-        assert_eq!(state.flushed, 16);
+    fn a_batch_writes_every_file_whole_in_either_way_of_flushing() {
+        for sync in [Sync::Files, Sync::Filesystem] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut jobs = Vec::new();
+            let mut answers = Vec::new();
+            for i in 0..50 {
+                let (j, a) = job(
+                    &format!("{i}.xml"),
+                    &format!(".{i}.tmp"),
+                    format!("<d>{i}</d>").as_bytes(),
+                );
+                jobs.push(j);
+                answers.push(a);
+            }
+            write_batch(tmp.path(), sync, jobs);
+            for (i, mut a) in answers.into_iter().enumerate() {
+                let path = a.try_recv().unwrap().unwrap();
+                assert_eq!(path, tmp.path().join(format!("{i}.xml")));
+                assert_eq!(fs::read(&path).unwrap(), format!("<d>{i}</d>").as_bytes());
+            }
+            // No temporary file left behind.
+            assert_eq!(names(tmp.path()).len(), 50, "{sync:?}");
+            assert!(names(tmp.path()).iter().all(|n| !n.starts_with('.')));
+        }
     }
 
     #[test]
-    fn a_failed_flush_fails_its_runner_and_the_others_flush_again() {
-        let (sync, results, flushes) = renames(4, |n| n == 0);
-        // Exactly the runner of the failed flush learns of it; nobody is
-        // told "durable" on the strength of the failed flush.
-        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
-        assert!(flushes.len() >= 2, "{flushes:?}");
-        let covered = flushes.iter().filter(|f| f.1).map(|f| f.0).max();
-        assert_eq!(Some(sync.state().flushed), covered, "{flushes:?}");
+    fn a_file_that_cannot_be_renamed_fails_alone() {
+        for sync in [Sync::Files, Sync::Filesystem] {
+            let tmp = tempfile::tempdir().unwrap();
+            // A folder, not empty, where the second file should go.
+            fs::create_dir_all(tmp.path().join("b.xml/inside")).unwrap();
+            let (a, mut answer_a) = job("a.xml", ".a.tmp", b"A");
+            let (b, mut answer_b) = job("b.xml", ".b.tmp", b"B");
+            let (c, mut answer_c) = job("c.xml", ".c.tmp", b"C");
+            write_batch(tmp.path(), sync, vec![a, b, c]);
+            assert!(answer_a.try_recv().unwrap().is_ok());
+            assert!(answer_c.try_recv().unwrap().is_ok());
+            let error = answer_b.try_recv().unwrap().unwrap_err();
+            assert!(error.starts_with("cannot rename "), "{error}");
+            assert!(error.contains("b.xml"), "{error}");
+            assert_eq!(names(tmp.path()), ["a.xml", "b.xml", "c.xml"], "{sync:?}");
+            assert_eq!(fs::read(tmp.path().join("c.xml")).unwrap(), b"C");
+        }
+    }
+
+    #[test]
+    fn the_same_temporary_file_is_never_written_twice_in_one_batch() {
+        let mut jobs = Vec::new();
+        for temp in [".x.1.tmp", ".y.1.tmp", ".x.1.tmp", ".x.2.tmp"] {
+            jobs.push(job("x.xml", temp, b"").0);
+        }
+        let batch = take_batch(&mut jobs);
+        let temps: Vec<&str> = batch.iter().map(|j| j.temp.as_str()).collect();
+        assert_eq!(temps, [".x.1.tmp", ".y.1.tmp", ".x.2.tmp"]);
+        // The second write of `.x.1.tmp` waits for the next batch.
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].temp, ".x.1.tmp");
+    }
+
+    #[test]
+    fn a_writer_task_dropped_midway_lets_the_next_sender_start_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writer = Arc::new(Writer {
+            dir: tmp.path().to_owned(),
+            sync: Sync::Files,
+            waiting: Mutex::new(Waiting {
+                jobs: vec![job("a.xml", ".a.tmp", b"A").0],
+                writing: true,
+            }),
+            batches: AtomicU64::new(0),
+        });
+        // Polled up to its first await (the batch on the blocking pool),
+        // then dropped, as when its runtime stops.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut task = Box::pin(writer.clone().run());
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(task.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(polled, "the writer finished without waiting");
+        });
+        assert!(!writer.waiting().writing);
+        assert_eq!(writer.batches.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_files() {
+        let mut jobs: Vec<Job> = (0..MAX_BATCH + 10)
+            .map(|i| job("x.xml", &format!(".{i}.tmp"), b"").0)
+            .collect();
+        assert_eq!(take_batch(&mut jobs).len(), MAX_BATCH);
+        assert_eq!(jobs.len(), 10);
+        assert_eq!(jobs[0].temp, format!(".{MAX_BATCH}.tmp"));
     }
 }

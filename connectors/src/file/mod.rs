@@ -17,9 +17,11 @@
 //! **Outbox** ([`FileDestination`]). Each delivery is written to a hidden
 //! temporary file in the outbox itself (so that the rename cannot cross
 //! file systems), flushed to disk, renamed onto its final name and the
-//! folder flushed (one flush for the renames made while another ran): a
-//! reader never sees a partial file, and a written file survives a crash.
-//! The same delivery written again replaces its own file.
+//! folder flushed: a reader never sees a partial file, and a written file
+//! survives a crash. The deliveries waiting when a write starts are
+//! written together, with one flush of their data (each file's, or the
+//! file system's with `sync = "filesystem"`) and one of the folder. The
+//! same delivery written again replaces its own file.
 //!
 //! All file I/O runs on the blocking pool, never on the async workers.
 

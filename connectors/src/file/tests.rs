@@ -543,8 +543,12 @@ fn destination_settings_have_defaults_and_are_checked() {
     let s = c.dispatch_settings("customs_outbox");
     assert_eq!(
         (s.concurrency, s.attempt_timeout, s.reply_to),
-        (8, Duration::from_secs(60), None)
+        (256, Duration::from_secs(60), None)
     );
+    assert_eq!(c.sync, super::config::Sync::Files);
+    let c: DestinationConfig =
+        serde_json::from_value(json!({"path": "out", "sync": "filesystem"})).unwrap();
+    assert_eq!(c.sync, super::config::Sync::Filesystem);
     let bad = |v: Json| {
         serde_json::from_value::<DestinationConfig>(v)
             .unwrap_err()
@@ -557,6 +561,8 @@ fn destination_settings_have_defaults_and_are_checked() {
     );
     let e = bad(json!({"path": "out", "filename": "{{ delivery_id }"}));
     assert!(e.starts_with("`filename` is not a valid template"), "{e}");
+    let e = bad(json!({"path": "out", "sync": "never"}));
+    assert!(e.contains("unknown variant `never`"), "{e}");
     let e = bad(json!({"path": "out", "reply_to": "x"}));
     assert!(e.contains("unknown field `reply_to`"), "{e}");
 }
@@ -610,4 +616,37 @@ async fn an_attempt_overlapping_a_late_one_never_exposes_a_partial_file() {
     assert_eq!(partial, 0, "a reader saw a partial file");
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(fs::metadata(&target).unwrap().len(), full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_sent_at_once_share_batches_and_each_is_written_whole() {
+    for sync in ["files", "filesystem"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let d = Arc::new(outbox(&dir, json!({"sync": sync})).await);
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let d = d.clone();
+            let mut out = delivery();
+            out.delivery_id = format!("d{i:03}");
+            out.body = format!("<Declaration>{i}</Declaration>").into_bytes();
+            tasks.push(tokio::spawn(async move { (d.send(&out).await, out) }));
+        }
+        for t in tasks {
+            let (outcome, out) = t.await.unwrap();
+            assert_eq!(outcome, SendOutcome::Delivered { response: None }, "{sync}");
+            let file = dir.join(format!("{}.xml", out.delivery_id));
+            assert_eq!(fs::read(file).unwrap(), out.body, "{sync}");
+        }
+        assert_eq!(
+            all_names(&dir).len(),
+            300,
+            "{sync}: a temporary file is left"
+        );
+        let batches = d.batches();
+        assert!(
+            (2..300).contains(&batches),
+            "{sync}: 300 files in {batches} batches"
+        );
+    }
 }
