@@ -22,7 +22,7 @@ use super::config::{DestinationConfig, Sync};
 use super::{MAX_NAME, check_file_name};
 use crate::template::Templates;
 
-/// The most files one batch writes (and holds open, in `files` mode).
+/// The most files one batch writes.
 const MAX_BATCH: usize = 256;
 
 /// A built outbox destination.
@@ -87,6 +87,11 @@ impl FileDestination {
         })
     }
 
+    /// Batches written so far (each with its own flushes).
+    pub fn batches(&self) -> u64 {
+        self.writer.batches.load(Ordering::Relaxed)
+    }
+
     async fn write(&self, out: &Outbound) -> SendOutcome {
         let name = match self.templates.render("filename", out) {
             Ok(n) => n,
@@ -133,13 +138,6 @@ impl FileDestination {
                 retry_after: None,
             },
         }
-    }
-}
-
-impl FileDestination {
-    /// Batches written so far (each with its own flushes).
-    pub fn batches(&self) -> u64 {
-        self.writer.batches.load(Ordering::Relaxed)
     }
 }
 
@@ -270,11 +268,7 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
             .collect(),
         Sync::Filesystem => match sync_filesystem(dir) {
             Ok(()) => written,
-            Err(e) => {
-                let error = format!(
-                    "cannot flush the file system of {} to disk: {e}",
-                    dir.display()
-                );
+            Err(error) => {
                 for w in written {
                     w.fail(error.clone());
                 }
@@ -305,12 +299,7 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
         Sync::Files => File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("cannot flush the folder {} to disk: {e}", dir.display())),
-        Sync::Filesystem => sync_filesystem(dir).map_err(|e| {
-            format!(
-                "cannot flush the file system of {} to disk: {e}",
-                dir.display()
-            )
-        }),
+        Sync::Filesystem => sync_filesystem(dir),
     };
     for (job, target) in renamed {
         let _ = job.done.send(flushed.clone().map(|()| target));
@@ -351,9 +340,18 @@ fn start_writeback(f: &File) {
 fn start_writeback(_: &File) {}
 
 /// Flushes everything written to the file system holding `dir`
-/// (`syncfs(2)`), which reports the write errors of its files.
+/// (`syncfs(2)`, which reports the write errors of its files).
+fn sync_filesystem(dir: &Path) -> Result<(), String> {
+    syncfs(dir).map_err(|e| {
+        format!(
+            "cannot flush the file system of {} to disk: {e}",
+            dir.display()
+        )
+    })
+}
+
 #[cfg(target_os = "linux")]
-fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+fn syncfs(dir: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let d = File::open(dir)?;
     // SAFETY: `d` is an open descriptor for the call's whole duration.
@@ -364,10 +362,10 @@ fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Elsewhere there is no `syncfs`: the folder is flushed, and the files
-/// were each flushed already (see [`Sync::effective`]).
+/// Elsewhere there is no `syncfs`, and an outbox flushes each file
+/// (see [`Sync::effective`]): the folder is what is left to flush.
 #[cfg(not(target_os = "linux"))]
-fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+fn syncfs(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
 
