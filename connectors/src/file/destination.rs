@@ -66,15 +66,20 @@ impl FileDestination {
         let templates = config.templates()?;
         let dir = config.path.clone();
         let create = dir.clone();
-        tokio::task::spawn_blocking(move || fs::create_dir_all(&create))
-            .await
-            .map_err(|e| {
-                format!(
-                    "creating the folder {} failed unexpectedly: {e}",
-                    dir.display()
-                )
-            })?
-            .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+        let outbox = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&create)?;
+            remove_leftovers(&outbox, &create);
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "creating the folder {} failed unexpectedly: {e}",
+                dir.display()
+            )
+        })?
+        .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
         Ok(FileDestination {
             name: name.to_owned(),
             templates,
@@ -106,11 +111,7 @@ impl FileDestination {
         // by the dispatcher's timeout may still be writing when the next
         // one of the same delivery starts, and they never share a
         // temporary file.
-        let temp_id = format!("{}.{}", out.delivery_id, out.attempt);
-        let mut temp = format!(".{name}.{temp_id}.tmp");
-        if temp.len() > MAX_NAME {
-            temp = format!(".{temp_id}.tmp");
-        }
+        let temp = temp_name(&name, &out.delivery_id, out.attempt);
         let (done, written) = oneshot::channel();
         self.writer.clone().submit(Job {
             name,
@@ -217,6 +218,60 @@ fn take_batch(jobs: &mut Vec<Job>) -> Vec<Job> {
     }
     *jobs = rest;
     batch
+}
+
+/// The temporary name of an attempt's file: `.NAME.DELIVERY.ATTEMPT.tmp`,
+/// or `.DELIVERY.ATTEMPT.tmp` when that would be too long.
+fn temp_name(name: &str, delivery_id: &str, attempt: u32) -> String {
+    let temp = format!(".{name}.{delivery_id}.{attempt}.tmp");
+    if temp.len() > MAX_NAME {
+        format!(".{delivery_id}.{attempt}.tmp")
+    } else {
+        temp
+    }
+}
+
+/// Whether `name` is one of [`temp_name`]'s: hidden, ending in a delivery
+/// id (a UUID), an attempt number and `.tmp`.
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((rest, attempt)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    let id = rest.rsplit_once('.').map_or(rest, |(_, id)| id);
+    !attempt.is_empty()
+        && attempt.bytes().all(|b| b.is_ascii_digit())
+        && id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Removes the temporary files a stop left in `dir` (a crash in the middle
+/// of a batch): their deliveries are still to be written, and are written
+/// again under new temporary names. Other hidden files are left alone.
+fn remove_leftovers(outbox: &str, dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_temp_name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(destination = %outbox, file = %entry.path().display(), error = %e, "cannot remove a temporary file left by an earlier run")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(destination = %outbox, folder = %dir.display(), files = removed, "removed the temporary files an earlier run left");
+    }
 }
 
 /// A file written under its temporary name, not renamed yet.
@@ -485,6 +540,34 @@ mod tests {
         });
         assert!(!writer.waiting().writing);
         assert_eq!(writer.batches.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_stop_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = "0193a1b2-0000-7000-8000-00000000d001";
+        let long = "n".repeat(250);
+        let left = [
+            temp_name("a.xml", id, 1),
+            temp_name("b.xml", id, 12),
+            temp_name(&long, id, 3),
+        ];
+        assert_eq!(left[2], format!(".{id}.3.tmp"));
+        let kept = [
+            "a.xml",
+            ".keep",
+            ".notes.tmp",
+            &format!(".a.xml.{id}.tmp"),
+            &format!(".a.xml.{id}.x.tmp"),
+            &format!(".a.xml.{}.1.tmp", id.replace('-', "x")),
+        ];
+        for name in left.iter().map(String::as_str).chain(kept) {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        remove_leftovers("customs_outbox", tmp.path());
+        let mut want: Vec<String> = kept.iter().map(|n| n.to_string()).collect();
+        want.sort();
+        assert_eq!(names(tmp.path()), want);
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! survives a crash. The deliveries waiting when a write starts are
 //! written together, with one flush of their data (each file's, or the
 //! file system's with `sync = "filesystem"`) and one of the folder. The
-//! same delivery written again replaces its own file.
+//! same delivery written again replaces its own file. The temporary files
+//! a crash leaves behind are removed when the outbox is next opened.
 //!
 //! All file I/O runs on the blocking pool, never on the async workers.
 
