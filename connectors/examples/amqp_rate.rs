@@ -124,6 +124,13 @@ fn number(s: &str, what: &str) -> Result<usize, String> {
         .map_err(|_| format!("{what} \"{s}\" is not a number"))
 }
 
+/// A window of unacknowledged messages (a prefetch), `default` when not
+/// given: at most 65535, as AMQP counts it.
+fn window(s: Option<&str>, default: &str, what: &str) -> Result<u16, String> {
+    u16::try_from(number(s.unwrap_or(default), what)?)
+        .map_err(|_| format!("{what} is at most 65535"))
+}
+
 /// Publishes COUNT copies of BODY_FILE with confirms; with `consuming`,
 /// a consumer on a connection of its own acknowledges them meanwhile
 /// (`pubsub`), and the time runs until the last acknowledgement.
@@ -247,8 +254,7 @@ async fn consume(
     prefetch: Option<&str>,
 ) -> Result<(), String> {
     let count = number(count, "COUNT")?;
-    let prefetch = u16::try_from(number(prefetch.unwrap_or("500"), "PREFETCH")?)
-        .map_err(|_| "PREFETCH is at most 65535".to_owned())?;
+    let prefetch = window(prefetch, "500", "PREFETCH")?;
     let conn = connect(url).await?;
     let mut consumer = consumer(&conn, queue, prefetch, "amqp_rate").await?;
     // Timed from the first message on: the first one waits for the
@@ -309,8 +315,7 @@ async fn relay(
     in_flight: Option<&str>,
 ) -> Result<(), String> {
     let count = number(count, "COUNT")?;
-    let in_flight = u16::try_from(number(in_flight.unwrap_or("256"), "IN_FLIGHT")?)
-        .map_err(|_| "IN_FLIGHT is at most 65535".to_owned())?;
+    let in_flight = window(in_flight, "256", "IN_FLIGHT")?;
     let conn = connect(url).await?;
     let output = confirming_channel(&conn, to).await?;
     let mut consumer = consumer(&conn, from, in_flight, "amqp_rate_relay").await?;
