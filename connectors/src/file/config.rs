@@ -128,7 +128,7 @@ pub struct DestinationConfig {
     /// many files are written at once, at the price of flushing whatever
     /// else was written to that file system. Default `"files"`.
     #[serde(default)]
-    pub sync: Sync,
+    pub sync: OutboxSync,
     /// When to give up on a delivery that keeps failing (a full disk): a
     /// table of `max_attempts`, `initial_backoff`, `max_backoff`,
     /// `max_age`. Default: 10 attempts, 1s doubling up to 5m, for at most
@@ -154,7 +154,7 @@ impl DestinationConfig {
 /// How an outbox makes a batch of files durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Sync {
+pub enum OutboxSync {
     /// Each file flushed (`fsync`), then the folder once.
     #[default]
     Files,
@@ -163,14 +163,14 @@ pub enum Sync {
     Filesystem,
 }
 
-impl Sync {
+impl OutboxSync {
     /// The way used here: `syncfs` exists on Linux only; elsewhere each
     /// file is flushed.
-    pub fn effective(self) -> Sync {
+    pub fn effective(self) -> OutboxSync {
         if cfg!(target_os = "linux") {
             self
         } else {
-            Sync::Files
+            OutboxSync::Files
         }
     }
 }

@@ -4,7 +4,7 @@
 //! first send that finds no batch being written starts a writer task that
 //! takes every delivery waiting, writes them all on the blocking pool, and
 //! goes on while more wait. Each batch costs one flush of the data (per
-//! file, or one for the whole file system, see [`Sync`]) and one of the
+//! file, or one for the whole file system, see [`OutboxSync`]) and one of the
 //! folder, however many files it holds: under load the flushes, not the
 //! bytes, are what writing a small document costs.
 
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nzela_core::runtime::{BoxFuture, Destination, Outbound, SendOutcome};
 use tokio::sync::oneshot;
 
-use super::config::{DestinationConfig, Sync};
+use super::config::{DestinationConfig, OutboxSync};
 use super::{MAX_NAME, check_file_name};
 use crate::template::Templates;
 
@@ -37,7 +37,7 @@ pub struct FileDestination {
 #[derive(Debug)]
 struct Writer {
     dir: PathBuf,
-    sync: Sync,
+    sync: OutboxSync,
     waiting: Mutex<Waiting>,
     /// Batches written so far.
     batches: AtomicU64,
@@ -293,7 +293,7 @@ impl Written {
 /// under its temporary name, their data flushed, each renamed onto its
 /// name, the renames flushed. Answers each job; one that fails fails
 /// alone, unless a flush covering the whole batch fails.
-fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
+fn write_batch(dir: &Path, sync: OutboxSync, jobs: Vec<Job>) {
     let mut written = Vec::with_capacity(jobs.len());
     for job in jobs {
         let w = Written {
@@ -310,7 +310,7 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
     }
     // The data on disk before any name points at it.
     let written = match sync {
-        Sync::Files => written
+        OutboxSync::Files => written
             .into_iter()
             .filter_map(|w| match File::open(&w.temp).and_then(|f| f.sync_all()) {
                 Ok(()) => Some(w),
@@ -321,7 +321,7 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
                 }
             })
             .collect(),
-        Sync::Filesystem => match sync_filesystem(dir) {
+        OutboxSync::Filesystem => match sync_filesystem(dir) {
             Ok(()) => written,
             Err(error) => {
                 for w in written {
@@ -351,10 +351,10 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
     }
     // A rename is durable only once the folder itself is flushed.
     let flushed = match sync {
-        Sync::Files => File::open(dir)
+        OutboxSync::Files => File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("cannot flush the folder {} to disk: {e}", dir.display())),
-        Sync::Filesystem => sync_filesystem(dir),
+        OutboxSync::Filesystem => sync_filesystem(dir),
     };
     for (job, target) in renamed {
         let _ = job.done.send(flushed.clone().map(|()| target));
@@ -364,7 +364,7 @@ fn write_batch(dir: &Path, sync: Sync, jobs: Vec<Job>) {
 /// Creates (or truncates) `temp` and writes `body` to it, unflushed. When
 /// each file is to be flushed, its writing to disk starts now, so that
 /// the flushes that follow find the batch's data on its way.
-fn write_temp(temp: &Path, body: &[u8], sync: Sync) -> Result<(), String> {
+fn write_temp(temp: &Path, body: &[u8], sync: OutboxSync) -> Result<(), String> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -373,7 +373,7 @@ fn write_temp(temp: &Path, body: &[u8], sync: Sync) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
     f.write_all(body)
         .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-    if sync == Sync::Files {
+    if sync == OutboxSync::Files {
         start_writeback(&f);
     }
     Ok(())
@@ -418,7 +418,7 @@ fn syncfs(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Elsewhere there is no `syncfs`, and an outbox flushes each file
-/// (see [`Sync::effective`]): the folder is what is left to flush.
+/// (see [`OutboxSync::effective`]): the folder is what is left to flush.
 #[cfg(not(target_os = "linux"))]
 fn syncfs(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn a_batch_writes_every_file_whole_in_either_way_of_flushing() {
-        for sync in [Sync::Files, Sync::Filesystem] {
+        for sync in [OutboxSync::Files, OutboxSync::Filesystem] {
             let tmp = tempfile::tempdir().unwrap();
             let mut jobs = Vec::new();
             let mut answers = Vec::new();
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_file_that_cannot_be_renamed_fails_alone() {
-        for sync in [Sync::Files, Sync::Filesystem] {
+        for sync in [OutboxSync::Files, OutboxSync::Filesystem] {
             let tmp = tempfile::tempdir().unwrap();
             // A folder, not empty, where the second file should go.
             fs::create_dir_all(tmp.path().join("b.xml/inside")).unwrap();
@@ -518,7 +518,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let writer = Arc::new(Writer {
             dir: tmp.path().to_owned(),
-            sync: Sync::Files,
+            sync: OutboxSync::Files,
             waiting: Mutex::new(Waiting {
                 jobs: vec![job("a.xml", ".a.tmp", b"A").0],
                 writing: true,

@@ -545,10 +545,10 @@ fn destination_settings_have_defaults_and_are_checked() {
         (s.concurrency, s.attempt_timeout, s.reply_to),
         (256, Duration::from_secs(60), None)
     );
-    assert_eq!(c.sync, super::config::Sync::Files);
+    assert_eq!(c.sync, super::config::OutboxSync::Files);
     let c: DestinationConfig =
         serde_json::from_value(json!({"path": "out", "sync": "filesystem"})).unwrap();
-    assert_eq!(c.sync, super::config::Sync::Filesystem);
+    assert_eq!(c.sync, super::config::OutboxSync::Filesystem);
     let bad = |v: Json| {
         serde_json::from_value::<DestinationConfig>(v)
             .unwrap_err()
