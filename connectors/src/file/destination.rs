@@ -427,6 +427,7 @@ fn syncfs(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file::tests::all_names as names;
 
     fn job(
         name: &str,
@@ -441,15 +442,6 @@ mod tests {
             done,
         };
         (job, answer)
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
 
     #[test]

@@ -439,7 +439,7 @@ async fn outbox(dir: &Path, extra: Json) -> FileDestination {
 }
 
 /// Every entry, hidden ones included.
-fn all_names(dir: &Path) -> Vec<String> {
+pub(super) fn all_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
