@@ -116,6 +116,11 @@ pub struct DeliveryConfig {
     /// journal keeps what waits.
     #[serde(default = "default_delivery_nice")]
     pub nice: u8,
+    /// Messages routed a second, at most, while many HTTP senders wait
+    /// for their answers (the intake is busy); 0: routing never gives way.
+    /// Default 500.
+    #[serde(default = "default_rate_under_load")]
+    pub rate_under_load: u32,
 }
 
 /// The most a nice value can be raised by (from 0 to 19).
@@ -125,11 +130,16 @@ fn default_delivery_nice() -> u8 {
     10
 }
 
+fn default_rate_under_load() -> u32 {
+    500
+}
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             threads: None,
             nice: default_delivery_nice(),
+            rate_under_load: default_rate_under_load(),
         }
     }
 }

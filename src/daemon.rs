@@ -30,7 +30,7 @@ use std::time::Duration;
 use nzela_connectors::SourceConfig;
 use nzela_core::journal::{Journal, SqliteJournal};
 use nzela_core::runtime::dispatch::{Dispatcher, Handoff};
-use nzela_core::runtime::router::{Feed, Route, Router};
+use nzela_core::runtime::router::{Feed, Route, Router, Yielding};
 use nzela_core::runtime::{CancellationToken, Intake};
 use tokio::task::JoinSet;
 
@@ -80,7 +80,8 @@ pub async fn run(mut config: Config, delivery: tokio::runtime::Handle) -> Result
     }
 
     let routes = build_routes(&mut config);
-    let router = Router::new(journal.clone(), routes, router_feed, handoffs);
+    let router = Router::new(journal.clone(), routes, router_feed, handoffs)
+        .yielding(Yielding::rate(config.delivery.rate_under_load));
     workers.spawn_on(router.run(drain.clone()), &delivery);
 
     // Sources last. HTTP endpoints that share an address share a server.

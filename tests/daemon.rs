@@ -1570,12 +1570,68 @@ fn delivery_threads_run_at_a_lower_priority_than_the_intake() {
 }
 
 #[test]
+fn routing_gives_way_while_many_senders_wait_and_then_catches_up() {
+    // nzela_core::runtime::router::BUSY_AT: senders waiting at once from
+    // which the intake counts as busy.
+    const BUSY_AT: usize = 32;
+    let hub = Hub::new();
+    let customs = hub.path("out/customs");
+    let commerce = hub.path("out/commerce");
+    let config = hub.config(
+        "nzela.toml",
+        &[
+            top(&hub, "5s"),
+            "\n[delivery]\nrate_under_load = 2\n".to_owned(),
+            http_source("marketplace_orders", ORDERS_PATH, ""),
+            shipped_routes(&customs, &commerce, "{{ message_id }}.xml"),
+        ]
+        .concat(),
+    );
+    let d = Daemon::start(hub.dir(), &config, &[], &[]);
+    // BUSY_AT senders in the middle of their requests: the body announced
+    // and not yet sent.
+    let waiting: Vec<std::net::TcpStream> = (0..BUSY_AT)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+            write!(
+                s,
+                "POST {ORDERS_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // Ten orders: each acknowledged at once.
+    for n in 0..10 {
+        let answer = post_json(d.addr(), ORDERS_PATH, &[], &order(&format!("GB-Y{n}"))).unwrap();
+        accepted_id(&answer);
+    }
+    // Routed at two a second meanwhile: within two seconds, five at most
+    // (rather than all ten at once).
+    thread::sleep(Duration::from_secs(2));
+    let written = folder(&customs).0.len();
+    assert!(
+        written <= 6,
+        "routing did not give way: {written} of 10 declarations written"
+    );
+    // The senders gone, the rest goes out at full speed.
+    drop(waiting);
+    for dir in [&customs, &commerce] {
+        d.wait_for("all ten documents", || {
+            (folder(dir).0.len() == 10).then_some(())
+        });
+    }
+}
+
+#[test]
 fn delivery_settings_are_checked() {
     let hub = Hub::new();
     for (extra, key, what) in [
         ("nice = 25", "nice = 25", "25 is not a nice value"),
         ("nice = 5\nthread = 2", "thread = 2", "thread"),
         ("threads = 0", "threads = 0", "at least one thread"),
+        ("rate_under_load = -5", "rate_under_load", "-5"),
     ] {
         let text = [
             top(&hub, "5s"),

@@ -12,7 +12,7 @@ use nzela_core::journal::{
 };
 use nzela_core::mapping::{Condition, Mapping};
 use nzela_core::runtime::dispatch::{DispatchSettings, Dispatcher, Handoff, RetryPolicy};
-use nzela_core::runtime::router::{Feed, Route, Router};
+use nzela_core::runtime::router::{BUSY_AT, Feed, Route, Router, Yielding};
 use nzela_core::runtime::{
     Accepted, BoxFuture, CancellationToken, Destination, Incoming, Intake, IntakeError, Outbound,
     Reply, SendOutcome,
@@ -126,6 +126,24 @@ impl Hub {
         )
     }
 
+    /// With a router that gives way to a busy intake as `yielding` says.
+    fn start_yielding(
+        path: &Path,
+        routes: Vec<Route>,
+        destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
+        router_feed: Feed,
+        yielding: Yielding,
+    ) -> Hub {
+        Hub::start_full(
+            path,
+            routes,
+            destinations,
+            router_feed,
+            Handoff::default,
+            yielding,
+        )
+    }
+
     /// With the router's feed and the dispatchers' handoffs given.
     fn start_with(
         path: &Path,
@@ -133,6 +151,24 @@ impl Hub {
         destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
         router_feed: Feed,
         handoff: impl Fn() -> Handoff,
+    ) -> Hub {
+        Hub::start_full(
+            path,
+            routes,
+            destinations,
+            router_feed,
+            handoff,
+            Yielding::never(),
+        )
+    }
+
+    fn start_full(
+        path: &Path,
+        routes: Vec<Route>,
+        destinations: Vec<(DispatchSettings, Arc<dyn Destination>)>,
+        router_feed: Feed,
+        handoff: impl Fn() -> Handoff,
+        yielding: Yielding,
     ) -> Hub {
         let journal = Arc::new(SqliteJournal::open(path).unwrap());
         let shutdown = CancellationToken::new();
@@ -148,7 +184,7 @@ impl Hub {
                 dispatcher.run(shutdown.clone(), Duration::from_secs(2)),
             ));
         }
-        let router = Router::new(dyn_journal, routes, router_feed, wakeups);
+        let router = Router::new(dyn_journal, routes, router_feed, wakeups).yielding(yielding);
         tasks.push(tokio::spawn(router.run(shutdown.clone())));
         Hub {
             journal,
@@ -622,6 +658,49 @@ async fn deliveries_handed_over_but_not_sent_at_a_stop_have_no_attempt_counted()
         unsent.iter().all(|d| d.state == "pending"),
         "{deliveries:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_senders_wait_routing_gives_way_and_then_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let customs = Scripted::with(vec![]);
+    let feed = Feed::default();
+    let hub = Hub::start_yielding(
+        &path,
+        vec![route(
+            "to_customs",
+            "marketplace-order-to-asycuda-export.yaml",
+            &["customs"],
+        )],
+        vec![(settings("customs", 10), customs.clone())],
+        feed.clone(),
+        // One message at a time, two a second, while the intake is busy.
+        Yielding::rate(2),
+    );
+    // Many HTTP senders wait for their answers.
+    let waiting: Vec<_> = (0..BUSY_AT).map(|_| hub.intake.sender_waiting()).collect();
+    assert!(feed.intake_busy());
+    for n in 0..20 {
+        hub.intake
+            .accept(incoming(&format!("GB-Y{n}")))
+            .await
+            .unwrap();
+    }
+    // Accepted at once; routed at two a second, the rest in the journal.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let routed = Inspector::open(&path).unwrap();
+    let received = count(&routed, "received");
+    assert!(
+        received >= 15,
+        "routing did not give way: {received} of 20 messages left unrouted"
+    );
+    assert!(customs.seen().len() < 5, "{} sent", customs.seen().len());
+    // The senders answered: the rest goes out at full speed.
+    drop(waiting);
+    eventually(&path, "all 20 delivered", |i| count(i, "delivered") == 20).await;
+    assert_eq!(customs.seen().len(), 20);
+    hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

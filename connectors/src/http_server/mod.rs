@@ -318,6 +318,8 @@ async fn receive(
     endpoint: &Endpoint,
     request: Request,
 ) -> Result<Response, Refusal> {
+    // The sender waits for the answer from here on.
+    let _waiting = intake.sender_waiting();
     let (parts, body) = request.into_parts();
     let content_type = check_content_type(endpoint, &parts.headers)?;
     let body = read_limited(endpoint, &parts.headers, body).await?;

@@ -21,6 +21,7 @@ struct Hub {
     _dir: tempfile::TempDir,
     db: PathBuf,
     journal: Arc<SqliteJournal>,
+    feed: Feed,
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -52,9 +53,10 @@ async fn start_with(endpoints: Vec<(&str, Config)>, options: JournalOptions) -> 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.db");
     let journal = Arc::new(SqliteJournal::open_with(&db, &options).unwrap());
+    let feed = Feed::default();
     let intake = Intake::new(
         journal.clone() as Arc<dyn Journal>,
-        Feed::default(),
+        feed.clone(),
         CancellationToken::new(),
     );
     let endpoints = endpoints
@@ -69,6 +71,7 @@ async fn start_with(endpoints: Vec<(&str, Config)>, options: JournalOptions) -> 
         _dir: dir,
         db,
         journal,
+        feed,
         addr,
         shutdown,
         task,
@@ -224,6 +227,53 @@ async fn an_accepted_message_is_in_the_journal_when_202_is_answered() {
     let received = hub.journal.received(10).await.unwrap();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_senders_waiting_for_their_answers_make_the_intake_busy() {
+    use nzela_core::runtime::router::{BUSY_AT, BUSY_FOR};
+    let hub = start(vec![("orders", orders())]).await;
+    let body = br#"{"order": {"order_id": "GB-W"}}"#;
+    // BUSY_AT senders whose requests have begun and not yet ended.
+    let mut senders = Vec::new();
+    for _ in 0..BUSY_AT {
+        let mut stream = TcpStream::connect(hub.addr).await.unwrap();
+        let head = format!(
+            "POST /in/orders HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        senders.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hub.feed.intake_busy() {
+        assert!(Instant::now() < deadline, "the intake never became busy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each answered 202; soon after, the intake is no longer busy.
+    for mut stream in senders {
+        stream.write_all(body).await.unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(parse(&buf).status, 202);
+    }
+    tokio::time::sleep(BUSY_FOR + Duration::from_millis(50)).await;
+    assert!(!hub.feed.intake_busy());
+    // One sender fewer never makes it busy.
+    let mut fewer = Vec::new();
+    for _ in 1..BUSY_AT {
+        let mut stream = TcpStream::connect(hub.addr).await.unwrap();
+        stream
+            .write_all(b"POST /in/orders HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        fewer.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!hub.feed.intake_busy());
+    drop(fewer);
+    hub.shutdown.cancel();
+    hub.task.await.unwrap();
 }
 
 #[tokio::test]

@@ -149,6 +149,14 @@ impl Intake {
         Ok(accepted)
     }
 
+    /// Counts a sender as waiting for its answer until the guard is
+    /// dropped: a source whose sender holds a request open for the answer
+    /// (HTTP) holds one around [`Intake::accept`]. While many wait, routing
+    /// gives way to the intake (see [`router::Yielding`]).
+    pub fn sender_waiting(&self) -> router::Waiting {
+        self.router.sender_waiting()
+    }
+
     /// Keeps a message the source refuses (its body does not decode as the
     /// declared format) in the journal with `reason`, for operators to
     /// find; it is never routed. Returns its id once committed.

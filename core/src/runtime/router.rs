@@ -12,9 +12,11 @@
 //! a message once only, and the second routing is discarded.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -65,6 +67,13 @@ struct FeedInner {
     /// Messages were committed that are not in `queue`: the router must
     /// read the journal.
     missed: AtomicBool,
+    /// Senders waiting for the commit of their message (see
+    /// [`Feed::sender_waiting`]).
+    waiting: AtomicUsize,
+    /// When [`BUSY_AT`] senders last waited at once, in milliseconds since
+    /// `epoch`; `u64::MAX` before it ever happened.
+    busy_at: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for Feed {
@@ -81,7 +90,36 @@ impl Feed {
             capacity,
             queue: Mutex::new((VecDeque::new(), 0)),
             missed: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            busy_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
         }))
+    }
+
+    /// Counts a sender as waiting for the commit of its message until the
+    /// guard is dropped (answered, refused or gone). For sources whose
+    /// sender holds a request open for the answer (HTTP); a broker or a
+    /// folder does not wait that way.
+    pub fn sender_waiting(&self) -> Waiting {
+        let now = self.0.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        if now >= BUSY_AT {
+            self.0.busy_at.store(self.millis(), Ordering::Relaxed);
+        }
+        Waiting(self.0.clone())
+    }
+
+    /// Whether [`BUSY_AT`] senders wait at once, or did within the last
+    /// [`BUSY_FOR`]: the intake has more than it can answer at once.
+    pub fn intake_busy(&self) -> bool {
+        if self.0.waiting.load(Ordering::Relaxed) >= BUSY_AT {
+            return true;
+        }
+        let at = self.0.busy_at.load(Ordering::Relaxed);
+        at != u64::MAX && self.millis().saturating_sub(at) < BUSY_FOR.as_millis() as u64
+    }
+
+    fn millis(&self) -> u64 {
+        self.0.epoch.elapsed().as_millis() as u64
     }
 
     /// Whether a message of `bytes` would be kept now (worth copying
@@ -139,6 +177,84 @@ impl Feed {
     }
 }
 
+/// A sender waiting for its commit, counted while this lives.
+pub struct Waiting(Arc<FeedInner>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Senders waiting for their commits at once from which the intake counts
+/// as busy. A commit takes 1 – 3 ms: below saturation, even ten thousand
+/// requests a second keep fewer than this waiting at once (Little's law);
+/// a burst of webhooks from many senders keeps more.
+pub const BUSY_AT: usize = 32;
+
+/// How long the intake counts as busy after [`BUSY_AT`] senders last
+/// waited at once: between two group commits, the senders of the next
+/// one are still being read.
+pub const BUSY_FOR: Duration = Duration::from_millis(200);
+
+/// How the router gives way to a busy intake.
+///
+/// Mapping, recording the deliveries and writing them out take the same
+/// cores and the same journal writer as accepting messages. While senders
+/// wait for their commits ([`Feed::intake_busy`]), the router routes at
+/// most `rate` messages a second, in small pages; the others wait in the
+/// journal (memory stays flat), and routing goes back to full speed as
+/// soon as the intake is no longer busy. Routing never stops: `rate` is
+/// also what it keeps up under any load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Yielding {
+    /// Messages a second; `None`: never give way.
+    rate: Option<u32>,
+}
+
+/// The longest pause between two pages, whatever the rate.
+pub const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a pause looks whether the intake is still busy.
+const PAUSE_STEP: Duration = Duration::from_millis(5);
+
+impl Yielding {
+    /// At most `per_second` messages routed a second while the intake is
+    /// busy; 0 never gives way.
+    pub fn rate(per_second: u32) -> Yielding {
+        Yielding {
+            rate: (per_second > 0).then_some(per_second),
+        }
+    }
+
+    /// Never give way.
+    pub fn never() -> Yielding {
+        Yielding { rate: None }
+    }
+
+    /// The largest page while the intake is busy: a tenth of a second's
+    /// worth, so that what is routed goes out evenly.
+    fn page(&self) -> usize {
+        self.rate.map_or(PAGE, |r| (r as usize / 10).clamp(1, PAGE))
+    }
+
+    /// The pause that follows a page of `routed` messages that took
+    /// `spent`, while the intake is busy.
+    pub fn pause_after(&self, routed: usize, spent: Duration) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        let due = Duration::from_secs_f64(routed as f64 / f64::from(rate));
+        due.saturating_sub(spent).min(MAX_PAUSE)
+    }
+}
+
+impl Default for Yielding {
+    fn default() -> Self {
+        Yielding::never()
+    }
+}
+
 /// A route: where messages from some sources go, and as what.
 pub struct Route {
     pub name: String,
@@ -157,6 +273,7 @@ pub struct Router {
     feed: Feed,
     /// Each destination's dispatcher, handed its new deliveries.
     dispatchers: HashMap<String, Handoff>,
+    yielding: Yielding,
 }
 
 impl Router {
@@ -171,7 +288,14 @@ impl Router {
             routes: Arc::new(routes),
             feed,
             dispatchers,
+            yielding: Yielding::never(),
         }
+    }
+
+    /// Pauses between pages while the intake is busy (see [`Yielding`]).
+    pub fn yielding(mut self, yielding: Yielding) -> Router {
+        self.yielding = yielding;
+        self
     }
 
     /// Routes until `shutdown`; what is committed stays committed, what is
@@ -185,6 +309,13 @@ impl Router {
             if shutdown.is_cancelled() {
                 return;
             }
+            let started = Instant::now();
+            let giving_way = self.yielding.rate.is_some() && self.feed.intake_busy();
+            let limit = if giving_way {
+                self.yielding.page()
+            } else {
+                PAGE
+            };
             // Told to, or once a second even under a steady stream: what
             // reached the journal by another way is routed all the same.
             if self.feed.missed() || looked.elapsed() >= IDLE {
@@ -193,7 +324,7 @@ impl Router {
             let page = if from_journal {
                 looked = std::time::Instant::now();
                 self.feed.clear();
-                match self.journal.received(PAGE).await {
+                match self.journal.received(limit).await {
                     Ok(p) => {
                         // Read until the journal has nothing left.
                         from_journal = !p.is_empty();
@@ -206,7 +337,7 @@ impl Router {
                     }
                 }
             } else {
-                self.feed.take(PAGE)
+                self.feed.take(limit)
             };
             if page.is_empty() {
                 tokio::select! {
@@ -282,6 +413,15 @@ impl Router {
                     pause(&shutdown, IDLE).await;
                 }
             }
+            let routed = page.len();
+            give_way(
+                &self.feed,
+                self.yielding,
+                routed,
+                started.elapsed(),
+                &shutdown,
+            )
+            .await;
         }
     }
 
@@ -335,6 +475,25 @@ impl Router {
                 handed
             })
             .collect()
+    }
+}
+
+/// After a page of `routed` messages that took `spent`: while the intake
+/// is busy, pauses as `yielding` says, and no longer than it stays busy.
+async fn give_way(
+    feed: &Feed,
+    yielding: Yielding,
+    routed: usize,
+    spent: Duration,
+    shutdown: &CancellationToken,
+) {
+    let until = Instant::now() + yielding.pause_after(routed, spent);
+    while feed.intake_busy() && !shutdown.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        pause(shutdown, left.min(PAUSE_STEP)).await;
     }
 }
 
@@ -459,5 +618,108 @@ fn deliver_error(deliveries: &mut Vec<NewDelivery>, route: &Route, error: String
             document: Err(error.clone()),
             leased: false,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_sets_the_pages_and_the_pauses_between_them() {
+        let y = Yielding::rate(500);
+        assert_eq!(y.page(), 50);
+        // 50 messages at 500 a second: a tenth of a second, less what the
+        // page itself took.
+        assert_eq!(
+            y.pause_after(50, Duration::from_millis(30)),
+            Duration::from_millis(70)
+        );
+        assert_eq!(
+            y.pause_after(50, Duration::from_millis(300)),
+            Duration::ZERO
+        );
+        // Never longer than MAX_PAUSE, even after a large page.
+        assert_eq!(y.pause_after(PAGE, Duration::ZERO), MAX_PAUSE);
+        assert_eq!(Yielding::rate(3).page(), 1);
+        assert_eq!(Yielding::rate(1_000_000).page(), PAGE);
+        // 0, or never: full pages and no pause.
+        assert_eq!(Yielding::rate(0), Yielding::never());
+        assert_eq!(Yielding::default(), Yielding::never());
+        assert_eq!(Yielding::never().page(), PAGE);
+        assert_eq!(
+            Yielding::never().pause_after(PAGE, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_intake_is_busy_from_enough_waiting_senders_and_for_a_while_after() {
+        let feed = Feed::default();
+        let mut waiting: Vec<Waiting> = (0..BUSY_AT - 1).map(|_| feed.sender_waiting()).collect();
+        assert!(!feed.intake_busy());
+        waiting.push(feed.sender_waiting());
+        assert!(feed.intake_busy());
+        // As long as they wait.
+        tokio::time::advance(BUSY_FOR * 3).await;
+        assert!(feed.intake_busy());
+        // Answered: still busy for BUSY_FOR after the last sender came,
+        // the next group being read.
+        waiting.pop();
+        waiting.push(feed.sender_waiting());
+        drop(waiting);
+        assert_eq!(feed.0.waiting.load(Ordering::Relaxed), 0);
+        tokio::time::advance(BUSY_FOR - Duration::from_millis(10)).await;
+        assert!(feed.intake_busy());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!feed.intake_busy());
+        // Fewer than BUSY_AT at once, however long: never busy.
+        let fewer: Vec<Waiting> = (0..BUSY_AT - 1).map(|_| feed.sender_waiting()).collect();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!feed.intake_busy());
+        drop(fewer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routing_pauses_only_while_the_intake_is_busy() {
+        let feed = Feed::default();
+        let shutdown = CancellationToken::new();
+        let y = Yielding::rate(500);
+        let page = Duration::from_millis(40);
+
+        // Not busy: no pause.
+        let t = Instant::now();
+        give_way(&feed, y, 50, page, &shutdown).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+
+        // Busy throughout: the page's tenth of a second, less its 40 ms.
+        let waiting: Vec<Waiting> = (0..BUSY_AT).map(|_| feed.sender_waiting()).collect();
+        let t = Instant::now();
+        give_way(&feed, y, 50, page, &shutdown).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(60));
+
+        // Never giving way: no pause, however busy.
+        let t = Instant::now();
+        give_way(&feed, Yielding::never(), 50, page, &shutdown).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+
+        // The senders answered: the pause ends within a step of the intake
+        // no longer counting as busy.
+        drop(waiting);
+        let t = Instant::now();
+        give_way(&feed, y, PAGE, page, &shutdown).await;
+        assert!(
+            t.elapsed() >= BUSY_FOR - Duration::from_millis(60)
+                && t.elapsed() <= BUSY_FOR + PAUSE_STEP,
+            "paused {:?}",
+            t.elapsed()
+        );
+
+        // A stop ends a pause at once.
+        let _waiting: Vec<Waiting> = (0..BUSY_AT).map(|_| feed.sender_waiting()).collect();
+        shutdown.cancel();
+        let t = Instant::now();
+        give_way(&feed, y, PAGE, page, &shutdown).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
     }
 }
