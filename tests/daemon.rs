@@ -1507,22 +1507,29 @@ fn thread_nice_values(pid: u32) -> Vec<(u32, String, i64)> {
     threads
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn delivery_threads_run_at_a_lower_priority_than_the_intake() {
-    let hub = Hub::new();
+/// The shipped sources, outboxes and routes with `[delivery]` settings:
+/// the configuration file, and the customs and commerce outboxes.
+fn shipped_with_delivery(hub: &Hub, delivery: &str) -> (PathBuf, PathBuf, PathBuf) {
     let customs = hub.path("out/customs");
     let commerce = hub.path("out/commerce");
     let config = hub.config(
         "nzela.toml",
         &[
-            top(&hub, "5s"),
-            "\n[delivery]\nthreads = 3\nnice = 7\n".to_owned(),
+            top(hub, "5s"),
+            format!("\n[delivery]\n{delivery}\n"),
             http_source("marketplace_orders", ORDERS_PATH, ""),
             shipped_routes(&customs, &commerce, "{{ message_id }}.xml"),
         ]
         .concat(),
     );
+    (config, customs, commerce)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn delivery_threads_run_at_a_lower_priority_than_the_intake() {
+    let hub = Hub::new();
+    let (config, customs, commerce) = shipped_with_delivery(&hub, "threads = 3\nnice = 7");
     let d = Daemon::start(hub.dir(), &config, &[], &[]);
     // An order through both routes: the outboxes' blocking threads exist.
     let sample = fs::read(repo_file(SAMPLE_ORDER)).unwrap();

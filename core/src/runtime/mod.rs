@@ -153,7 +153,7 @@ impl Intake {
     /// dropped: a source whose sender holds a request open for the answer
     /// (HTTP) holds one around [`Intake::accept`]. While many wait, routing
     /// gives way to the intake (see [`router::Yielding`]).
-    pub fn sender_waiting(&self) -> router::Waiting {
+    pub fn sender_waiting(&self) -> router::Waiting<'_> {
         self.router.sender_waiting()
     }
 

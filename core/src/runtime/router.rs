@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::CancellationToken;
 use super::dispatch::Handoff;
@@ -100,12 +99,12 @@ impl Feed {
     /// guard is dropped (answered, refused or gone). For sources whose
     /// sender holds a request open for the answer (HTTP); a broker or a
     /// folder does not wait that way.
-    pub fn sender_waiting(&self) -> Waiting {
+    pub fn sender_waiting(&self) -> Waiting<'_> {
         let now = self.0.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if now >= BUSY_AT {
             self.0.busy_at.store(self.millis(), Ordering::Relaxed);
         }
-        Waiting(self.0.clone())
+        Waiting(&self.0)
     }
 
     /// Whether [`BUSY_AT`] senders wait at once, or did within the last
@@ -178,9 +177,9 @@ impl Feed {
 }
 
 /// A sender waiting for its commit, counted while this lives.
-pub struct Waiting(Arc<FeedInner>);
+pub struct Waiting<'a>(&'a FeedInner);
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
@@ -304,14 +303,13 @@ impl Router {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Read the journal first: what was accepted before the start.
         let mut from_journal = true;
-        let mut looked = std::time::Instant::now();
+        let mut looked = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             let started = Instant::now();
-            let giving_way = self.yielding.rate.is_some() && self.feed.intake_busy();
-            let limit = if giving_way {
+            let limit = if self.feed.intake_busy() {
                 self.yielding.page()
             } else {
                 PAGE
@@ -322,7 +320,7 @@ impl Router {
                 from_journal = true;
             }
             let page = if from_journal {
-                looked = std::time::Instant::now();
+                looked = Instant::now();
                 self.feed.clear();
                 match self.journal.received(limit).await {
                     Ok(p) => {
